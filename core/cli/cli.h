@@ -1,0 +1,57 @@
+// Pieces shared by the subcommands of `pefnos`.
+#pragma once
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
+#include <stdexcept>
+#include <string>
+
+#include "core/base/result.h"
+#include "core/cluster/cluster.h"
+
+namespace pefnos::cli {
+
+// A clear message for the user; main() prints it and exits 1.
+struct Failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+[[noreturn]] inline void fail(const std::string& message) { throw Failure(message); }
+
+struct DbArgs {
+  std::string db;    // --db
+  std::string home;  // --home
+};
+
+// --db, else --home's cluster, else PEFNOS_DB, else PEFNOS_HOME's or the
+// default home's cluster if it exists, else "" (libpq's PG* defaults).
+std::string resolveConninfo(const DbArgs& args);
+// The connection string without its password, for messages.
+std::string describeConninfo(const std::string& conninfo);
+
+struct ServeArgs {
+  DbArgs db;
+  std::string name;
+  bool demo = false;
+  int db_connections = 2;
+  cluster::Options cluster;
+};
+int runUp(const ServeArgs& args);
+int runMaster(const ServeArgs& args);
+
+struct CommandOutcome {
+  long long id = 0;
+  std::string state, result, error;
+  double round_trip_ms = 0;
+};
+// Inserts a command (LISTENing for its end first, so none is missed) and,
+// with wait, blocks until a master finished it or the timeout passed.
+Result<CommandOutcome> waitForCommand(pqxx::connection& conn, const std::string& kind,
+                                      const nlohmann::json& args, bool wait,
+                                      std::chrono::milliseconds timeout);
+
+// Where config/ (schema, examples) is: $PEFNOS_DATADIR, the installed
+// share/pefnos/config beside the binary, or the source tree of a build.
+std::string configDir();
+
+}  // namespace pefnos::cli

@@ -1,0 +1,128 @@
+// `pefnos up` and `pefnos master`: the long-running modes.
+#include <iostream>
+
+#include "core/base/log.h"
+#include "core/cli/cli.h"
+#include "core/config/config.h"
+#include "core/db/migrate.h"
+#include "core/loop/loop.h"
+#include "core/master/master.h"
+
+namespace pefnos::cli {
+namespace {
+
+// Runs a master on loop until SIGINT/SIGTERM (or a fatal error), then calls
+// after_stop on the loop thread. Returns the exit code.
+int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
+          std::function<void()> after_stop) {
+  master::Options options;
+  options.conninfo = conninfo;
+  options.name = args.name.empty() ? master::defaultName() : args.name;
+  options.db_connections = args.db_connections;
+  auto master = std::make_unique<master::Master>(loop, options);
+  loop::Signal sigint(loop), sigterm(loop);
+  int rc = 0;
+  auto stop = [&] {
+    sigint.stop();
+    sigterm.stop();
+    master->stop([&] {
+      master.reset();
+      if (after_stop) after_stop();
+    });
+  };
+  auto on_signal = [&](int signum) {
+    log::info("pefnos", "received ", signum == SIGINT ? "SIGINT" : "SIGTERM", "; stopping");
+    stop();
+  };
+  if (auto s = sigint.start(SIGINT, on_signal); !s) fail(s.error().message);
+  if (auto s = sigterm.start(SIGTERM, on_signal); !s) fail(s.error().message);
+  master->start([&](Error e) {
+    log::error("master", e.message);
+    rc = 1;
+    stop();
+  });
+  uv_run(loop, UV_RUN_DEFAULT);
+  return rc;
+}
+
+int closeLoop(uv_loop_t* loop, int rc) {
+  uv_run(loop, UV_RUN_DEFAULT);  // close callbacks still pending
+  if (uv_loop_close(loop) != 0) log::warning("pefnos", "event loop closed with handles still open");
+  return rc;
+}
+
+}  // namespace
+
+int runMaster(const ServeArgs& args) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  std::string conninfo = resolveConninfo(args.db);
+  log::info("pefnos", "database: ", describeConninfo(conninfo));
+  int rc = serve(&loop, args, conninfo, nullptr);
+  return closeLoop(&loop, rc);
+}
+
+int runUp(const ServeArgs& args) {
+  const std::string home = args.db.home.empty() ? cluster::defaultHome().string() : args.db.home;
+  auto opened = cluster::Cluster::open(home, args.cluster);
+  if (!opened) fail(opened.error().message);
+  std::unique_ptr<cluster::Cluster> cl = std::move(opened.value());
+  if (auto s = cl->init(); !s) fail(s.error().message);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  bool started_here = false;
+  pid_t pid;
+  if (auto running = cl->runningPid()) {
+    pid = *running;
+    log::info("pefnos", "reusing the PostgreSQL server already running on ",
+              cl->layout().data.string(), " (pid ", pid, "); it will be left running");
+  } else {
+    auto started = cl->start(&loop, true);
+    if (!started) fail(started.error().message);
+    pid = *started;
+    started_here = true;
+  }
+  auto stop_cluster = [&] {
+    if (started_here) {
+      if (auto s = cl->stop(); !s) log::error("cluster", s.error().message);
+    }
+    cl.reset();
+  };
+
+  const std::string conninfo = cluster::conninfo(cl->layout());
+  try {
+    pqxx::connection conn(conninfo);
+    auto applied = db::migrate(conn);
+    if (!applied) fail(applied.error().message);
+    if (!applied->empty()) log::info("pefnos", "schema migrated to version ", db::latestSchemaVersion());
+    if (args.demo) {
+      std::string file = configDir() + "/examples/demo.json";
+      auto report = config::importFile(conn, file);
+      if (!report) fail(report.error().message);
+      if (!report->errors.empty()) fail("the demo configuration " + file + " is broken: " + report->errors.front());
+      log::info("pefnos", "demo configuration imported from ", file, ": ", report->created,
+                " created, ", report->updated, " updated, ", report->unchanged, " unchanged");
+    }
+  } catch (const Failure&) {
+    stop_cluster();
+    closeLoop(&loop, 1);
+    throw;
+  } catch (const std::exception& e) {
+    stop_cluster();
+    closeLoop(&loop, 1);
+    fail(std::string("cannot prepare the database: ") + e.what());
+  }
+
+  const std::string h = cl->layout().home.string();
+  std::cout << "pefnos is up: PostgreSQL pid " << pid << ", home " << h << "\n"
+            << "  database   " << conninfo << "\n"
+            << "  psql       psql \"$(pefnos db url --home " << h << ")\"\n"
+            << "  try        pefnos ctl ping --wait --home " << h << "\n"
+            << "  stop       Ctrl-C\n"
+            << std::flush;
+  int rc = serve(&loop, args, conninfo, stop_cluster);
+  return closeLoop(&loop, rc);
+}
+
+}  // namespace pefnos::cli

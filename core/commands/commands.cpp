@@ -1,0 +1,141 @@
+#include "core/commands/commands.h"
+
+#include "core/base/log.h"
+
+namespace pefnos::commands {
+namespace {
+
+// Commands whose leases ran out too often fail instead of looping forever
+// (a command that kills its master would otherwise kill every master).
+constexpr const char* kAbandon = R"(
+  UPDATE pefnos.command
+     SET state = 'failed', lease_until = NULL, finished_at = now(),
+         error = 'abandoned after ' || attempts || ' attempts whose masters did not finish it'
+   WHERE state = 'running' AND lease_until < now() AND attempts >= $1)";
+
+constexpr const char* kClaim = R"(
+  UPDATE pefnos.command c
+     SET state = 'running', claimed_by = $1, claimed_at = now(),
+         lease_until = now() + make_interval(secs => $2), attempts = attempts + 1
+   WHERE id IN (SELECT id FROM pefnos.command
+                 WHERE state = 'queued' OR (state = 'running' AND lease_until < now())
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+  RETURNING id, kind, args::text, attempts)";
+
+// Only the claim holder may write the outcome: a master whose lease ran out
+// and whose command was taken over must not overwrite the new run.
+constexpr const char* kFinish = R"(
+  UPDATE pefnos.command
+     SET state = $2, result = $3::jsonb, error = $4, finished_at = now(), lease_until = NULL
+   WHERE id = $1 AND claimed_by = $5 AND state = 'running')";
+
+constexpr const char* kGiveBack = R"(
+  UPDATE pefnos.command SET state = 'queued', claimed_by = NULL, lease_until = NULL
+   WHERE state = 'running' AND claimed_by = $1)";
+
+}  // namespace
+
+Runner::Runner(db::Database& db, db::Listener& listener, Options options)
+    : db_(db), listener_(listener), options_(std::move(options)) {}
+
+void Runner::handle(const std::string& kind, Handler handler) {
+  handlers_[kind] = std::move(handler);
+}
+
+void Runner::start() {
+  listener_.subscribe("pefnos_command", [this](const std::string&) { claim(); });
+  // Ours from an earlier life of this master: it died before finishing them.
+  db_.transact<int>(
+      [master = options_.master](pqxx::work& tx) {
+        return static_cast<int>(tx.exec_params(kGiveBack, master).affected_rows());
+      },
+      [this](Result<int> given) {
+        if (given && *given > 0) {
+          log::info("commands", "took back ", *given, " commands left running by an earlier run");
+        }
+        // Catch up on every (re)connection of the listener, the first included.
+        listener_.onListening([this] { claim(); });
+        if (listener_.listening()) claim();
+      },
+      db::Retry::on_reconnect);
+}
+
+void Runner::claim() {
+  if (claiming_) {
+    claim_again_ = true;
+    return;
+  }
+  claiming_ = true;
+  claim_again_ = false;
+  db_.transact<std::vector<Command>>(
+      [o = options_](pqxx::work& tx) {
+        tx.exec_params(kAbandon, o.max_attempts);
+        std::vector<Command> claimed;
+        for (const auto& row : tx.exec_params(kClaim, o.master, o.lease_seconds, o.batch)) {
+          Command c;
+          c.id = row[0].as<long long>();
+          c.kind = row[1].as<std::string>();
+          c.args = nlohmann::json::parse(row[2].as<std::string>());
+          c.attempts = row[3].as<int>();
+          claimed.push_back(std::move(c));
+        }
+        return claimed;
+      },
+      [this](Result<std::vector<Command>> claimed) {
+        claiming_ = false;
+        if (!claimed) {
+          // Nothing was claimed; the next wake-up or reconnection claims again.
+          log::warning("commands", "cannot claim commands: ", claimed.error().message);
+          return;
+        }
+        const bool full = claimed->size() == size_t(options_.batch);
+        for (auto& c : *claimed) run(std::move(c));
+        if (full || claim_again_) claim();
+      });
+}
+
+void Runner::run(Command command) {
+  ++in_flight_;
+  auto it = handlers_.find(command.kind);
+  if (it == handlers_.end()) {
+    finish(command.id, Error{"unknown command kind '" + command.kind +
+                             "'; this master runs: " + knownKinds()});
+    return;
+  }
+  log::debug("commands", "running command ", command.id, " (", command.kind, ")");
+  const long long id = command.id;
+  it->second(command, [this, id](Result<nlohmann::json> outcome) { finish(id, std::move(outcome)); });
+}
+
+void Runner::finish(long long id, Result<nlohmann::json> outcome) {
+  if (!outcome) log::warning("commands", "command ", id, " failed: ", outcome.error().message);
+  db_.transact<int>(
+      [id, master = options_.master, outcome = std::move(outcome)](pqxx::work& tx) {
+        // libpqxx 6.4 binds a null const char* as SQL NULL.
+        const std::string text = outcome ? outcome.value().dump() : outcome.error().message;
+        const char* result = outcome ? text.c_str() : nullptr;
+        const char* error = outcome ? nullptr : text.c_str();
+        return static_cast<int>(
+            tx.exec_params(kFinish, id, outcome ? "done" : "failed", result, error, master)
+                .affected_rows());
+      },
+      [this, id](Result<int> written) {
+        --in_flight_;
+        if (!written) {
+          log::error("commands", "cannot record the outcome of command ", id, ": ",
+                     written.error().message);
+        } else if (*written == 0) {
+          log::warning("commands", "command ", id,
+                       " was taken over by another master before it finished here");
+        }
+      },
+      db::Retry::on_reconnect);
+}
+
+std::string Runner::knownKinds() const {
+  std::string out;
+  for (const auto& [kind, handler] : handlers_) out += (out.empty() ? "" : ", ") + kind;
+  return out;
+}
+
+}  // namespace pefnos::commands

@@ -1,0 +1,66 @@
+// The command room: rows in pefnos.command are how a GUI (psql, Odoo, the web
+// page, `pefnos ctl`) tells the daemon what to do.
+//
+// A row is inserted (state 'queued'), its trigger NOTIFYs `pefnos_command`,
+// and the runner claims it with FOR UPDATE SKIP LOCKED and a lease (several
+// masters may share a database), runs the handler of its kind and writes the
+// outcome back ('done' with a JSON result, or 'failed' with an error). The
+// row is the truth: on start and after every reconnection the runner claims
+// whatever is queued or whose lease ran out, so nothing inserted while it was
+// away is lost. It never decides what a command does: handlers do.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/base/result.h"
+#include "core/db/db.h"
+
+namespace pefnos::commands {
+
+struct Command {
+  long long id = 0;
+  std::string kind;
+  nlohmann::json args;
+  int attempts = 0;
+};
+
+using Reply = std::function<void(Result<nlohmann::json>)>;
+using Handler = std::function<void(const Command&, Reply)>;
+
+class Runner {
+ public:
+  struct Options {
+    std::string master;            // claimed_by
+    int lease_seconds = 300;       // a claim older than this is taken over
+    int max_attempts = 5;          // then the command fails instead of being retried
+    int batch = 64;                // commands claimed per query
+  };
+  Runner(db::Database& db, db::Listener& listener, Options options);
+  Runner(const Runner&) = delete;  // handlers hold references to it
+  Runner& operator=(const Runner&) = delete;
+
+  void handle(const std::string& kind, Handler handler);
+  // Subscribes, gives back our own claims from an earlier life, and claims.
+  void start();
+  // Commands claimed and not yet written back.
+  int inFlight() const { return in_flight_; }
+
+ private:
+  void claim();
+  void run(Command command);
+  void finish(long long id, Result<nlohmann::json> outcome);
+  std::string knownKinds() const;
+
+  db::Database& db_;
+  db::Listener& listener_;
+  Options options_;
+  std::map<std::string, Handler> handlers_;
+  bool claiming_ = false;
+  bool claim_again_ = false;
+  int in_flight_ = 0;
+};
+
+}  // namespace pefnos::commands

@@ -1,0 +1,60 @@
+// The master: the daemon's rooms assembled on one loop. It owns the database
+// connections, the configuration model and the command runner, registers
+// itself in pefnos.master with a heartbeat, and stops in order.
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "core/base/result.h"
+#include "core/commands/commands.h"
+#include "core/config/config.h"
+#include "core/db/db.h"
+#include "core/loop/loop.h"
+
+namespace pefnos::master {
+
+struct Options {
+  std::string conninfo;
+  std::string name;  // claims and leases carry it; unique per running master
+  int db_connections = 2;
+  int heartbeat_seconds = 10;
+};
+
+// `hostname` of this machine: the default master name.
+std::string defaultName();
+
+class Master {
+ public:
+  Master(uv_loop_t* loop, Options options);
+  ~Master();
+  Master(const Master&) = delete;  // owns threads and handles
+  Master& operator=(const Master&) = delete;
+
+  // Connects (retrying while the server is away), checks the schema, then
+  // serves. on_fatal runs if it cannot serve at all (a schema mismatch).
+  void start(std::function<void(Error)> on_fatal);
+  // Lets running commands finish (a few seconds at most), then closes everything.
+  void stop(std::function<void()> done);
+
+  const std::string& name() const { return options_.name; }
+
+ private:
+  void serve();
+  void heartbeat();
+
+  uv_loop_t* loop_;
+  Options options_;
+  std::unique_ptr<db::Database> db_;
+  std::unique_ptr<db::Listener> listener_;
+  std::unique_ptr<config::Model> model_;
+  std::unique_ptr<commands::Runner> runner_;
+  loop::Timer heartbeat_timer_;
+  loop::Timer stop_timer_;
+  bool stopping_ = false;
+};
+
+}  // namespace pefnos::master

@@ -1,0 +1,108 @@
+// The embedded default: `pefnos up` with its private PostgreSQL, and a master
+// that survives its database server going away and coming back.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <pqxx/pqxx>
+
+#include "core/cluster/cluster.h"
+#include "tests/support/child.h"
+#include "tests/support/testdb.h"
+
+namespace pefnos {
+namespace {
+
+using namespace std::chrono;
+using test::Child;
+using test::run;
+using test::waitUntil;
+
+std::optional<pid_t> postmasterPid(const std::string& home) {
+  std::ifstream in(home + "/pg/postmaster.pid");
+  pid_t pid = 0;
+  if (in >> pid) return pid;
+  return std::nullopt;
+}
+
+TEST(Up, DemoServesCommandsAndCtrlCLeavesNoProcessBehind) {
+  test::TempDir dir("pefnos-up");
+  const std::string home = dir.path() + "/home";
+  const std::string bin = test::pefnosBinary();
+  pid_t server = 0;
+  for (int round = 0; round < 2; ++round) {
+    Child up({bin, "up", "--home", home, "--demo"});
+    ASSERT_TRUE(up.waitOutput("pefnos is up", seconds(90))) << up.output();
+    // The second run reuses the cluster the first one created.
+    EXPECT_EQ(up.output().find("creating a PostgreSQL cluster") != std::string::npos, round == 0)
+        << up.output();
+    auto pid = postmasterPid(home);
+    ASSERT_TRUE(pid.has_value());
+    server = *pid;
+
+    auto [rc, out] = run({bin, "ctl", "ping", "--wait", "--home", home});
+    EXPECT_EQ(rc, 0) << out << up.output();
+    EXPECT_NE(out.find("done"), std::string::npos) << out;
+    auto [rc2, exported] = run({bin, "config", "export", "--home", home});
+    EXPECT_EQ(rc2, 0) << exported;
+    EXPECT_NE(exported.find("\"demo\""), std::string::npos) << exported;
+
+    EXPECT_EQ(up.stop(SIGINT, seconds(60)), 0) << up.output();
+    EXPECT_FALSE(postmasterPid(home).has_value()) << "the server's pid file is still there";
+    EXPECT_TRUE(waitUntil([&] { return kill(server, 0) != 0; }, seconds(10)))
+        << "PostgreSQL " << server << " is still running";
+  }
+}
+
+TEST(Up, HomeThatCannotBeWrittenIsAClearError) {
+  auto [rc, out] = run({test::pefnosBinary(), "up", "--home", "/etc/passwd/home"});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(out.find("cannot create the home /etc/passwd/home"), std::string::npos) << out;
+}
+
+TEST(Outage, CommandsInsertedWhileTheServerWasDownRunAfterIt) {
+  test::TempDir dir("pefnos-outage");
+  const std::string home = dir.path();
+  const std::string bin = test::pefnosBinary();
+  auto start = run({bin, "cluster", "start", "--home", home, "--fast"});
+  ASSERT_EQ(start.first, 0) << start.second;
+  ASSERT_EQ(run({bin, "db", "migrate", "--home", home}).first, 0);
+  const std::string conninfo = cluster::conninfo(cluster::layoutFor(home));
+
+  Child master({bin, "master", "--home", home, "--name", "survivor"});
+  auto ping = [&] {
+    pqxx::connection c(conninfo);
+    pqxx::work tx(c);
+    tx.exec("SELECT pefnos.ping()");
+    tx.commit();
+  };
+  auto notDone = [&] {
+    pqxx::connection c(conninfo);
+    pqxx::read_transaction tx(c);
+    return tx.exec("SELECT count(*) FROM pefnos.command WHERE state <> 'done'")[0][0].as<int>();
+  };
+  ping();
+  ASSERT_TRUE(waitUntil([&] { return notDone() == 0; }, seconds(20))) << master.output();
+
+  for (int outage = 0; outage < 2; ++outage) {
+    ASSERT_EQ(run({bin, "cluster", "stop", "--home", home}).first, 0);
+    ASSERT_TRUE(master.waitOutput("lost the", seconds(20))) << master.output();
+    ASSERT_EQ(run({bin, "cluster", "start", "--home", home, "--fast"}).first, 0);
+    // Inserted at once, most likely before the master has reconnected: the
+    // NOTIFYs go nowhere, and the rows must be found by catching up.
+    for (int i = 0; i < 20; ++i) ping();
+    EXPECT_TRUE(waitUntil([&] { return notDone() == 0; }, seconds(30))) << master.output();
+    EXPECT_FALSE(master.exited().has_value()) << master.output();
+  }
+  {
+    pqxx::connection c(conninfo);
+    pqxx::read_transaction tx(c);
+    EXPECT_EQ(tx.exec("SELECT count(*) FROM pefnos.command WHERE state = 'done'")[0][0].as<int>(), 41);
+  }
+  EXPECT_EQ(master.stop(SIGTERM, seconds(20)), 0) << master.output();
+  run({bin, "cluster", "remove", "--home", home});
+}
+
+}  // namespace
+}  // namespace pefnos
