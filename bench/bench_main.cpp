@@ -32,7 +32,7 @@ BenchCluster::BenchCluster() {
 }
 
 BenchCluster::~BenchCluster() {
-  cluster_->remove();
+  if (auto s = cluster_->remove(); !s) std::cerr << "bench: " << s.error().message << "\n";
   cluster_.reset();
   uv_run(&loop_, UV_RUN_NOWAIT);
   uv_loop_close(&loop_);

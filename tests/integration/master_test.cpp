@@ -44,7 +44,7 @@ TEST_F(MasterTest, CtlPingWaitShowsTheRoundTrip) {
   auto [rc, out] = test::run({test::pefnosBinary(), "ctl", "ping", "--wait", "--db", tdb_.conninfo()});
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("(ping) done in"), std::string::npos) << out;
-  EXPECT_NE(out.find("\"pong\":true"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"pong\": true"), std::string::npos) << out;
 }
 
 TEST_F(MasterTest, UnknownCommandKindIsMarkedFailedWithTheReason) {
