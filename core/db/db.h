@@ -116,6 +116,8 @@ class Listener {
   void subscribe(const std::string& channel, std::function<void(const std::string& payload)>);
   // Called on the loop thread each time every channel is LISTENed again.
   void onListening(std::function<void()> callback);
+  // Called on the loop thread when the LISTEN connection is lost, with why.
+  void onLost(std::function<void(const std::string& why)> callback);
   void start();
   bool listening() const { return listening_; }
 
@@ -127,6 +129,7 @@ class Listener {
   loop::Mailbox mailbox_;
   std::map<std::string, std::vector<std::function<void(const std::string&)>>> handlers_;
   std::vector<std::function<void()>> on_listening_;
+  std::vector<std::function<void(const std::string&)>> on_lost_;
 
   std::mutex mutex_;  // guards channels_, stopping_, wait_
   std::vector<std::string> channels_;

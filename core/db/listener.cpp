@@ -61,6 +61,10 @@ void Listener::onListening(std::function<void()> callback) {
   on_listening_.push_back(std::move(callback));
 }
 
+void Listener::onLost(std::function<void(const std::string&)> callback) {
+  on_lost_.push_back(std::move(callback));
+}
+
 void Listener::start() { thread_ = std::thread([this] { threadMain(); }); }
 
 void Listener::wakeThread() {
@@ -132,6 +136,9 @@ void Listener::threadMain() {
     } catch (const std::exception& e) {
       listening_ = false;
       log::warning("listener", "lost the LISTEN connection (", e.what(), "); reconnecting");
+      mailbox_.post([this, why = std::string(e.what())] {
+        for (auto& cb : on_lost_) cb(why);
+      });
     }
     // Receivers die before their connection; their UNLISTEN on a dead
     // connection is caught inside libpqxx.

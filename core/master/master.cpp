@@ -58,6 +58,22 @@ void Master::serve() {
     });
   });
 
+  // An outage is recorded where a GUI user looks, once the database is back.
+  listener_->onLost([this](const std::string& why) {
+    if (!lost_at_) lost_at_ = std::chrono::steady_clock::now();
+    lost_why_ = why;
+  });
+  listener_->onListening([this] {
+    if (!lost_at_) return;
+    auto seconds = std::chrono::duration_cast<std::chrono::seconds>(
+                       std::chrono::steady_clock::now() - *lost_at_).count();
+    lost_at_.reset();
+    recordEvent("warning", "db",
+                "lost the database connection for " + std::to_string(seconds) +
+                    " s; reconnected and caught up",
+                nlohmann::json{{"error", lost_why_}});
+  });
+
   model_->start();
   runner_->start();
   listener_->start();
@@ -69,18 +85,31 @@ void Master::serve() {
             "ON CONFLICT (name) DO UPDATE SET host = $2, pid = $3, version = $4, "
             "started_at = now(), heartbeat_at = now()",
             name, defaultName(), static_cast<int>(getpid()), std::string(PEFNOS_VERSION));
-        tx.exec_params("INSERT INTO pefnos.event (level, source, message) VALUES "
-                       "('info', 'master', 'master ' || $1 || ' started')",
-                       name);
         return Done{};
       },
       [](Result<Done> r) {
         if (!r) log::warning("master", "cannot register this master: ", r.error().message);
       },
       db::Retry::on_reconnect);
+  recordEvent("info", "master", "master " + options_.name + " started", {});
   heartbeat_timer_.start(options_.heartbeat_seconds * 1000, options_.heartbeat_seconds * 1000,
                          [this] { heartbeat(); });
   log::info("master", "serving");
+}
+
+void Master::recordEvent(const std::string& level, const std::string& source,
+                         const std::string& message, const nlohmann::json& details) {
+  db_->transact<Done>(
+      [=](pqxx::work& tx) {
+        tx.exec_params("INSERT INTO pefnos.event (level, source, message, details) "
+                       "VALUES ($1, $2, $3, $4::jsonb)",
+                       level, source, message, details.is_null() ? "{}" : details.dump());
+        return Done{};
+      },
+      [message](Result<Done> r) {
+        if (!r) log::warning("master", "cannot record event '", message, "': ", r.error().message);
+      },
+      db::Retry::on_reconnect);
 }
 
 void Master::heartbeat() {

@@ -5,7 +5,9 @@
 
 #include <uv.h>
 
+#include <chrono>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 
@@ -45,6 +47,9 @@ class Master {
  private:
   void serve();
   void heartbeat();
+  // A row in pefnos.event: where a GUI user looks for what went wrong.
+  void recordEvent(const std::string& level, const std::string& source, const std::string& message,
+                   const nlohmann::json& details);
 
   uv_loop_t* loop_;
   Options options_;
@@ -55,6 +60,8 @@ class Master {
   loop::Timer heartbeat_timer_;
   loop::Timer stop_timer_;
   bool stopping_ = false;
+  std::optional<std::chrono::steady_clock::time_point> lost_at_;
+  std::string lost_why_;
 };
 
 }  // namespace pefnos::master

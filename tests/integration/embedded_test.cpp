@@ -99,6 +99,11 @@ TEST(Outage, CommandsInsertedWhileTheServerWasDownRunAfterIt) {
     pqxx::connection c(conninfo);
     pqxx::read_transaction tx(c);
     EXPECT_EQ(tx.exec("SELECT count(*) FROM pefnos.command WHERE state = 'done'")[0][0].as<int>(), 41);
+    // Each outage is recorded where a GUI user looks.
+    EXPECT_EQ(tx.exec("SELECT count(*) FROM pefnos.event WHERE source = 'db' AND "
+                      "message LIKE 'lost the database connection for % s; reconnected%'")[0][0]
+                  .as<int>(),
+              2);
   }
   EXPECT_EQ(master.stop(SIGTERM, seconds(20)), 0) << master.output();
   run({bin, "cluster", "remove", "--home", home});
