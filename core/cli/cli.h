@@ -34,10 +34,14 @@ struct ServeArgs {
   std::string name;
   bool demo = false;
   int db_connections = 2;
+  std::string state_dir;                 // default: HOME/state
+  std::vector<std::string> plugin_dirs;  // --plugin-dir
   cluster::Options cluster;
 };
 int runUp(const ServeArgs& args);
 int runMaster(const ServeArgs& args);
+// `pefnos plugins list`: what loads and what is refused, and why.
+int listPlugins(const DbArgs& db, const std::vector<std::string>& extra_dirs);
 
 struct CommandOutcome {
   long long id = 0;

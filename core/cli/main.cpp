@@ -186,6 +186,7 @@ int main(int argc, char** argv) {
                  "when run as root, run PostgreSQL as this user")
       ->capture_default_str();
   up->add_option("--name", up_args.name, "master name (default: the host name)");
+  up->add_option("--plugin-dir", up_args.plugin_dirs, "also load plugins from this directory");
 
   // master
   ServeArgs master_args;
@@ -193,6 +194,9 @@ int main(int argc, char** argv) {
   addDbOptions(master, master_args.db);
   master->add_option("--name", master_args.name, "master name, unique per running master "
                                                   "(default: the host name)");
+  master->add_option("--state-dir", master_args.state_dir,
+                     "where proxies of upstream repositories live (default: HOME/state)");
+  master->add_option("--plugin-dir", master_args.plugin_dirs, "also load plugins from this directory");
   master->add_option("--db-connections", master_args.db_connections,
                      "database connections for queries")
       ->check(CLI::Range(1, 64))
@@ -240,6 +244,17 @@ int main(int argc, char** argv) {
     c->add_option("--timeout", timeout, "seconds to wait")->capture_default_str();
   }
 
+  // plugins
+  DbArgs plugins_db;
+  std::vector<std::string> plugin_dirs;
+  auto* plugins = app.add_subcommand("plugins", "VCS and step plugins");
+  plugins->require_subcommand(1);
+  auto* plugins_list = plugins->add_subcommand(
+      "list", "load every plugin (built-in directory, --plugin-dir, configured directories) and "
+              "say what was loaded and what was refused, and why");
+  addDbOptions(plugins_list, plugins_db);
+  plugins_list->add_option("--plugin-dir", plugin_dirs, "also load plugins from this directory");
+
   // cluster
   std::string cluster_home;
   cluster::Options cluster_opts;
@@ -275,6 +290,7 @@ int main(int argc, char** argv) {
     }
     if (*import) return configImport(config_args, import_file);
     if (*exportcmd) return configExport(config_args, export_file);
+    if (*plugins_list) return listPlugins(plugins_db, plugin_dirs);
     if (*ping) return ctlCommand(ctl_args, "ping", "", wait, timeout);
     if (*reload) return ctlCommand(ctl_args, "reload", "", wait, timeout);
     if (*command) return ctlCommand(ctl_args, kind, args_json, wait, timeout);

@@ -7,6 +7,7 @@
 #include "core/db/migrate.h"
 #include "core/loop/loop.h"
 #include "core/master/master.h"
+#include "core/plugin/plugin.h"
 
 namespace pefnos::cli {
 namespace {
@@ -19,6 +20,12 @@ int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
   options.conninfo = conninfo;
   options.name = args.name.empty() ? master::defaultName() : args.name;
   options.db_connections = args.db_connections;
+  options.state_dir = args.state_dir.empty()
+                          ? (cluster::layoutFor(args.db.home.empty() ? cluster::defaultHome().string()
+                                                                     : args.db.home)
+                                 .home / "state").string()
+                          : args.state_dir;
+  options.plugin_dirs = args.plugin_dirs;
   auto master = std::make_unique<master::Master>(loop, options);
   loop::Signal sigint(loop), sigterm(loop);
   int rc = 0;
@@ -123,6 +130,42 @@ int runUp(const ServeArgs& args) {
             << std::flush;
   int rc = serve(&loop, args, conninfo, stop_cluster);
   return closeLoop(&loop, rc);
+}
+
+int listPlugins(const DbArgs& db, const std::vector<std::string>& extra_dirs) {
+  std::vector<std::string> dirs = {plugin::builtinPluginDir()};
+  dirs.insert(dirs.end(), extra_dirs.begin(), extra_dirs.end());
+  std::string conninfo = resolveConninfo(db);
+  try {
+    pqxx::connection conn(conninfo);
+    pqxx::read_transaction tx(conn);
+    for (const auto& r : tx.exec("SELECT path FROM pefnos.plugin_directory WHERE active ORDER BY id")) {
+      dirs.push_back(r[0].as<std::string>());
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "pefnos: (the configured plugin directories are not listed: cannot read them from "
+              << describeConninfo(conninfo) << ")\n";
+  }
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  int refused = 0;
+  {
+    plugin::ProcessHost host(&loop);
+    plugin::Registry registry(host);
+    for (const auto& d : dirs) registry.loadDirectory(d);
+    for (const auto& o : registry.outcomes()) {
+      if (o.loaded) {
+        std::cout << "loaded   " << o.kind << "  " << o.name << " " << o.version << "  " << o.path
+                  << (o.description.empty() ? "" : "  (" + o.description + ")") << "\n";
+      } else {
+        ++refused;
+        std::cout << "refused  " << o.path << ": " << o.reason << "\n";
+      }
+    }
+    if (registry.outcomes().empty()) std::cout << "no plugins in " << dirs.front() << "\n";
+  }
+  closeLoop(&loop, 0);
+  return refused ? 3 : 0;
 }
 
 }  // namespace pefnos::cli

@@ -17,6 +17,7 @@ struct Process::Impl {
   int open_handles = 0;
   int open_reads = 0;  // stdout/stderr pipes not yet at EOF
   bool exited = false, exit_reported = false;
+  bool reading_stdout = false, stdout_ended = false;
   bool owner_gone = false;
   int64_t exit_status = 0;
   int term_signal = 0;
@@ -53,6 +54,10 @@ void onRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   if (n != UV_EOF)
     log::warning("process", uvMessage("reading output of " + impl->name, static_cast<int>(n)));
   uv_read_stop(s);
+  if (is_stdout) {
+    impl->reading_stdout = false;
+    impl->stdout_ended = true;
+  }
   --impl->open_reads;
   reportExitWhenComplete(impl);
 }
@@ -158,7 +163,10 @@ Result<std::unique_ptr<Process>> Process::spawn(uv_loop_t* loop, ProcessOptions 
   for (int i = 1; i < 3; ++i) {
     if (!impl->piped[i]) continue;
     auto* stream = reinterpret_cast<uv_stream_t*>(&impl->pipes[i]);
-    if (uv_read_start(stream, onAlloc, onRead) == 0) ++impl->open_reads;
+    if (uv_read_start(stream, onAlloc, onRead) == 0) {
+      ++impl->open_reads;
+      if (i == 1) impl->reading_stdout = true;
+    }
   }
   return p;
 }
@@ -190,6 +198,21 @@ Status Process::closeStdin() {
   if (rc == 0) return ok();
   delete req;
   return Error{uvMessage("cannot close stdin of " + impl_->name, rc)};
+}
+
+void Process::pauseOutput() {
+  if (impl_->piped[1] && impl_->reading_stdout) {
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&impl_->pipes[1]));
+    impl_->reading_stdout = false;
+  }
+}
+
+void Process::resumeOutput() {
+  // Only while the pipe is open and not at EOF (open_reads counts it then).
+  if (impl_->piped[1] && !impl_->reading_stdout && !impl_->stdout_ended) {
+    auto* stream = reinterpret_cast<uv_stream_t*>(&impl_->pipes[1]);
+    if (uv_read_start(stream, onAlloc, onRead) == 0) impl_->reading_stdout = true;
+  }
 }
 
 void Process::unref() {

@@ -21,28 +21,73 @@ Master::Master(uv_loop_t* loop, Options options)
 
 Master::~Master() {
   // Users of the database first: a delivery must never reach a dead room.
+  scheduler_.reset();
   runner_.reset();
   model_.reset();
   listener_.reset();
   db_.reset();
+  host_.reset();
+  plugins_.reset();
 }
 
 void Master::start(std::function<void(Error)> on_fatal) {
   log::info("master", "starting master '", options_.name, "'");
-  db_->withConnection<Done>(
-      [](pqxx::connection& c) -> Done {
+  // The schema must match before anything else reads a row; the plugin
+  // directories that the configuration names come with it.
+  db_->withConnection<std::vector<std::string>>(
+      [](pqxx::connection& c) {
         if (auto s = db::checkSchema(c); !s) throw std::runtime_error(s.error().message);
-        return {};
+        pqxx::read_transaction tx(c);
+        std::vector<std::string> dirs;
+        for (const auto& r : tx.exec("SELECT path FROM pefnos.plugin_directory WHERE active ORDER BY id")) {
+          dirs.push_back(r[0].as<std::string>());
+        }
+        return dirs;
       },
-      [this, on_fatal = std::move(on_fatal)](Result<Done> checked) {
+      [this, on_fatal = std::move(on_fatal)](Result<std::vector<std::string>> checked) {
         if (stopping_) return;
         if (!checked) return on_fatal(checked.error());
-        serve();
+        serve(*checked);
       },
       db::Retry::on_reconnect);
 }
 
-void Master::serve() {
+void Master::loadPlugins(const std::vector<std::string>& configured_dirs) {
+  host_ = std::make_unique<plugin::ProcessHost>(loop_);
+  plugins_ = std::make_unique<plugin::Registry>(*host_);
+  std::vector<std::string> dirs = {plugin::builtinPluginDir()};
+  dirs.insert(dirs.end(), options_.plugin_dirs.begin(), options_.plugin_dirs.end());
+  dirs.insert(dirs.end(), configured_dirs.begin(), configured_dirs.end());
+  for (const auto& d : dirs) plugins_->loadDirectory(d);
+  // What was loaded and refused, where a user looks: pefnos.plugin.
+  db_->transact<Done>(
+      [name = options_.name, outcomes = plugins_->outcomes()](pqxx::work& tx) {
+        tx.exec_params("DELETE FROM pefnos.plugin WHERE master = $1", name);
+        for (const auto& o : outcomes) {
+          const char* reason = o.loaded ? nullptr : o.reason.c_str();
+          const char* kind = o.kind.empty() ? nullptr : o.kind.c_str();
+          tx.exec_params("INSERT INTO pefnos.plugin (master, path, state, name, kind, version, "
+                         "description, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                         "ON CONFLICT (master, path) DO NOTHING",
+                         name, o.path, o.loaded ? "loaded" : "refused", o.name, kind, o.version,
+                         o.description, reason);
+          if (!o.loaded) {
+            tx.exec_params("INSERT INTO pefnos.event (level, source, message, details) VALUES "
+                           "('error', 'plugin', $1, $2::jsonb)",
+                           "refused plugin " + o.path + ": " + o.reason,
+                           nlohmann::json{{"path", o.path}}.dump());
+          }
+        }
+        return Done{};
+      },
+      [](Result<Done> r) {
+        if (!r) log::warning("master", "cannot record the plugins: ", r.error().message);
+      },
+      db::Retry::on_reconnect);
+}
+
+void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
+  loadPlugins(configured_plugin_dirs);
   listener_ = std::make_unique<db::Listener>(loop_, options_.conninfo);
   model_ = std::make_unique<config::Model>(*db_, *listener_);
   runner_ = std::make_unique<commands::Runner>(
@@ -50,6 +95,26 @@ void Master::serve() {
 
   runner_->handle("ping", [this](const commands::Command&, commands::Reply reply) {
     reply(nlohmann::json{{"pong", true}, {"master", options_.name}});
+  });
+  scheduler::Scheduler::Options sopts;
+  sopts.proxy_root = options_.state_dir + "/proxy";
+  scheduler_ = std::make_unique<scheduler::Scheduler>(loop_, *db_, *model_, *plugins_, sopts);
+  runner_->handle("poll-now", [this](const commands::Command& c, commands::Reply reply) {
+    if (!c.args.contains("repository") || !c.args["repository"].is_number_integer()) {
+      return reply(Error{"poll-now needs {\"repository\": ID}"});
+    }
+    const int id = c.args["repository"].get<int>();
+    auto poll = [this, id, reply] {
+      scheduler_->pollNow(id, [reply](Result<scheduler::PollReport> r) {
+        if (!r) return reply(r.error());
+        reply(nlohmann::json{{"heads", r->heads}, {"changed", r->changed}, {"commits", r->commits},
+                             {"requests", r->requests}, {"discovered", r->discovered},
+                             {"vanished", r->vanished}});
+      });
+    };
+    // A row inserted just before the command may not have reached the model yet.
+    if (model_->repository(id)) return poll();
+    model_->reload([poll](Result<int>) { poll(); });
   });
   runner_->handle("reload", [this](const commands::Command&, commands::Reply reply) {
     model_->reload([reply](Result<int> changed) {
@@ -75,7 +140,14 @@ void Master::serve() {
   });
 
   model_->start();
-  runner_->start();
+  // Commands and polls need the configuration: they start once the model is loaded.
+  model_->reload([this](Result<int>) {
+    if (scheduler_ && !scheduler_started_) {
+      scheduler_started_ = true;
+      scheduler_->start();
+      runner_->start();
+    }
+  });
   listener_->start();
 
   db_->transact<Done>(
@@ -133,10 +205,13 @@ void Master::stop(std::function<void()> done) {
     if (busy && (*waited_ms += 20) < 5000) return;
     if (busy) log::warning("master", "stopping with ", runner_->inFlight(), " commands unfinished");
     stop_timer_.stop();
+    scheduler_.reset();
     runner_.reset();
     model_.reset();
     listener_.reset();
     db_.reset();
+    host_.reset();     // its callbacks may hold plugin code
+    plugins_.reset();  // after every object a plugin made
     log::info("master", "stopped");
     done();
   });

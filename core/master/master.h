@@ -16,6 +16,8 @@
 #include "core/config/config.h"
 #include "core/db/db.h"
 #include "core/loop/loop.h"
+#include "core/plugin/plugin.h"
+#include "core/scheduler/scheduler.h"
 
 namespace pefnos::master {
 
@@ -24,6 +26,8 @@ struct Options {
   std::string name;  // claims and leases carry it; unique per running master
   int db_connections = 2;
   int heartbeat_seconds = 10;
+  std::string state_dir;                 // proxies of upstream repositories live below it
+  std::vector<std::string> plugin_dirs;  // besides the built-in one and the configured ones
 };
 
 // `hostname` of this machine: the default master name.
@@ -45,7 +49,8 @@ class Master {
   const std::string& name() const { return options_.name; }
 
  private:
-  void serve();
+  void serve(const std::vector<std::string>& configured_plugin_dirs);
+  void loadPlugins(const std::vector<std::string>& configured_dirs);
   void heartbeat();
   // A row in pefnos.event: where a GUI user looks for what went wrong.
   void recordEvent(const std::string& level, const std::string& source, const std::string& message,
@@ -57,9 +62,13 @@ class Master {
   std::unique_ptr<db::Listener> listener_;
   std::unique_ptr<config::Model> model_;
   std::unique_ptr<commands::Runner> runner_;
+  std::unique_ptr<plugin::ProcessHost> host_;
+  std::unique_ptr<plugin::Registry> plugins_;
+  std::unique_ptr<scheduler::Scheduler> scheduler_;
   loop::Timer heartbeat_timer_;
   loop::Timer stop_timer_;
   bool stopping_ = false;
+  bool scheduler_started_ = false;
   std::optional<std::chrono::steady_clock::time_point> lost_at_;
   std::string lost_why_;
 };

@@ -1,0 +1,470 @@
+#include "core/scheduler/scheduler.h"
+
+#include <fnmatch.h>
+
+#include <random>
+#include <set>
+
+#include "core/base/log.h"
+
+namespace pefnos::scheduler {
+namespace {
+
+using json = nlohmann::json;
+
+uint64_t nowMs(uv_loop_t* loop) {
+  uv_update_time(loop);
+  return uv_now(loop);
+}
+
+// +-10%: many repositories with one interval spread out instead of polling together.
+uint64_t jittered(uint64_t ms) {
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::uniform_real_distribution<double> f(0.9, 1.1);
+  return static_cast<uint64_t>(static_cast<double>(ms) * f(rng));
+}
+
+std::string dumpJson(const json& j) {
+  // Commit messages and names may not be UTF-8: replace, never throw.
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// What a poll learned in its first transaction.
+struct Tracked {
+  int branch_id;
+  std::string name, old_revision, new_revision;
+};
+struct Reconciled {
+  std::vector<Tracked> changed;
+  std::vector<std::string> known_heads;  // of the whole fork network: commits below them are known
+  int discovered = 0, vanished = 0;
+};
+
+constexpr const char* kBranches =
+    "SELECT b.id, b.name, b.pattern, b.origin_id IS NOT NULL, b.active, h.revision "
+    "FROM pefnos.branch b LEFT JOIN pefnos.branch_head h ON h.branch_id = b.id "
+    "WHERE b.repository_id = $1";
+
+constexpr const char* kNetworkHeads =
+    "SELECT DISTINCT h.revision FROM pefnos.branch_head h "
+    "JOIN pefnos.branch b ON b.id = h.branch_id WHERE b.repository_id = ANY($1::int[])";
+
+// A discovered branch that reappears is made active again; a configured
+// branch of the same name is left as it is.
+constexpr const char* kDiscover =
+    "INSERT INTO pefnos.branch (repository_id, name, origin_id) VALUES ($1, $2, $3) "
+    "ON CONFLICT (repository_id, name) DO UPDATE SET active = true "
+    "WHERE pefnos.branch.origin_id IS NOT NULL AND NOT pefnos.branch.active "
+    "RETURNING id";
+
+constexpr const char* kVanish =
+    "UPDATE pefnos.branch SET active = false WHERE id = $1 AND active";
+
+constexpr const char* kRecordCommits = R"(
+  INSERT INTO pefnos.commit (network_id, revision, author, author_date, committer,
+                             committer_date, message, parents, files)
+  SELECT $1, c.revision, c.author, c.author_date, c.committer, c.committer_date, c.message,
+         ARRAY(SELECT jsonb_array_elements_text(c.parents)),
+         ARRAY(SELECT jsonb_array_elements_text(c.files))
+    FROM jsonb_to_recordset($2::jsonb) AS c(revision text, author text, author_date timestamptz,
+         committer text, committer_date timestamptz, message text, parents jsonb, files jsonb)
+  ON CONFLICT (network_id, revision) DO NOTHING)";
+
+constexpr const char* kMoveHead = R"(
+  INSERT INTO pefnos.branch_head (branch_id, revision, commit_id)
+  VALUES ($1, $2, (SELECT id FROM pefnos.commit WHERE network_id = $3 AND revision = $2))
+  ON CONFLICT (branch_id) DO UPDATE
+     SET revision = EXCLUDED.revision, commit_id = EXCLUDED.commit_id, updated_at = now())";
+
+// Builders follow a branch directly or through the pattern that discovered it.
+constexpr const char* kRequestBuilds = R"(
+  INSERT INTO pefnos.build_request (builder_id, branch_id, commit_id, revision, reason)
+  SELECT bb.builder_id, $1,
+         (SELECT id FROM pefnos.commit WHERE network_id = $3 AND revision = $2), $2, 'poll'
+    FROM pefnos.builder_branch bb JOIN pefnos.builder bl ON bl.id = bb.builder_id
+   WHERE bb.active AND bl.active
+     AND bb.branch_id IN (SELECT id FROM pefnos.branch WHERE id = $1
+                          UNION SELECT origin_id FROM pefnos.branch WHERE id = $1))";
+
+constexpr const char* kPollOk = R"(
+  INSERT INTO pefnos.repository_poll (repository_id, last_poll_at, last_success_at, last_error, duration_ms)
+  VALUES ($1, now(), now(), NULL, $2)
+  ON CONFLICT (repository_id) DO UPDATE
+     SET last_poll_at = now(), last_success_at = now(), last_error = NULL, duration_ms = $2)";
+
+// Returns the previous error so that an event is written only when it changes.
+constexpr const char* kPollFailed = R"(
+  WITH before AS (SELECT last_error FROM pefnos.repository_poll WHERE repository_id = $1)
+  INSERT INTO pefnos.repository_poll (repository_id, last_poll_at, last_error, duration_ms)
+  VALUES ($1, now(), $2, $3)
+  ON CONFLICT (repository_id) DO UPDATE
+     SET last_poll_at = now(), last_error = $2, duration_ms = $3
+  RETURNING (SELECT last_error FROM before) IS DISTINCT FROM $2)";
+
+std::string intArray(const std::vector<int>& ids) {
+  std::string s = "{";
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  return s + "}";
+}
+
+
+// The branch rows of a repository against its upstream heads: patterns
+// discover branches, vanished discovered branches become inactive, and the
+// tracked branches whose head moved are returned.
+Reconciled reconcileBranches(pqxx::work& tx, int repository_id, const std::vector<Head>& heads,
+                             const std::vector<int>& network) {
+  Reconciled out;
+  std::map<std::string, std::string> upstream;
+  for (const auto& h : heads) upstream[h.branch] = h.revision;
+  struct Row {
+    int id;
+    std::string name;
+    bool pattern, discovered, active;
+    std::string head;
+  };
+  std::vector<Row> rows;
+  for (const auto& r : tx.exec_params(kBranches, repository_id)) {
+    rows.push_back({r[0].as<int>(), r[1].as<std::string>(), r[2].as<bool>(), r[3].as<bool>(),
+                    r[4].as<bool>(), r[5].is_null() ? "" : r[5].as<std::string>()});
+  }
+  std::map<std::string, const Row*> by_name;
+  for (const auto& r : rows) by_name[r.name] = &r;
+  std::set<std::string> wanted;  // upstream names that an active pattern matches
+  for (const auto& p : rows) {
+    if (!p.pattern || !p.active) continue;
+    for (const auto& [name, rev] : upstream) {
+      if (!branchMatches(p.name, name)) continue;
+      wanted.insert(name);
+      auto known = by_name.find(name);
+      if (known != by_name.end() && (known->second->active || !known->second->discovered)) continue;
+      auto created = tx.exec_params(kDiscover, repository_id, name, p.id);
+      if (created.empty()) continue;
+      ++out.discovered;
+      if (known == by_name.end()) out.changed.push_back({created[0][0].as<int>(), name, "", rev});
+    }
+  }
+  for (const auto& r : rows) {
+    if (r.discovered && r.active && !wanted.count(r.name)) {
+      out.vanished += static_cast<int>(tx.exec_params(kVanish, r.id).affected_rows());
+      continue;
+    }
+    bool tracked = !r.pattern && (r.active || (r.discovered && wanted.count(r.name)));
+    auto up = upstream.find(r.name);
+    if (tracked && up != upstream.end() && up->second != r.head) {
+      out.changed.push_back({r.id, r.name, r.head, up->second});
+    }
+  }
+  for (const auto& r : tx.exec_params(kNetworkHeads, intArray(network))) {
+    out.known_heads.push_back(r[0].as<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
+bool branchMatches(const std::string& pattern, const std::string& name) {
+  return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
+}
+
+struct Scheduler::RepoState {
+  RepoState(uv_loop_t* loop, int id) : id(id), timer(loop) {}
+  int id;
+  loop::Timer timer;
+  int interval_s = 60;
+  bool polling = false;
+  bool again = false;  // a poll was asked for while one ran
+  int failures = 0;
+  std::vector<std::function<void(Result<PollReport>)>> waiters;  // of the next poll to end
+  std::vector<std::function<void(Result<PollReport>)>> running_waiters;
+};
+
+// One poll in flight: what it knows so far.
+struct Scheduler::Poll {
+  int repository_id = 0;
+  int network_id = 0;
+  std::vector<int> network;  // every repository of the fork network
+  Repo repo;
+  std::shared_ptr<Vcs> vcs;
+  uint64_t started_ms = 0;
+  std::vector<Head> heads;
+  Reconciled reconciled;
+  std::vector<std::string> commits;  // per changed branch, a JSON array
+  PollReport report;
+};
+
+Scheduler::Scheduler(uv_loop_t* loop, db::Database& db, config::Model& model,
+                     plugin::Registry& plugins, Options options)
+    : loop_(loop), db_(db), model_(model), plugins_(plugins), options_(std::move(options)) {}
+
+Scheduler::~Scheduler() { *alive_ = false; }
+
+void Scheduler::start() {
+  for (const auto& [id, repo] : model_.repositories()) schedule(id);
+  model_.onChange([this](const config::Change& c) {
+    if (c.table == "repository") schedule(c.id);
+  });
+}
+
+// (Re)arms a repository after a configuration change; a poll in flight goes on.
+void Scheduler::schedule(int id) {
+  auto repo = model_.repository(id);
+  auto it = repos_.find(id);
+  if (!repo || !repo->active) {
+    if (it != repos_.end() && !it->second->polling) repos_.erase(it);
+    else if (it != repos_.end()) it->second->timer.stop();
+    return;
+  }
+  if (it == repos_.end()) {
+    it = repos_.emplace(id, std::make_unique<RepoState>(loop_, id)).first;
+    it->second->interval_s = repo->poll_interval;
+    // The first poll comes soon, spread over a few seconds.
+    arm(*it->second, jittered(std::min<uint64_t>(repo->poll_interval, 5) * 500));
+    return;
+  }
+  RepoState& state = *it->second;
+  if (state.interval_s != repo->poll_interval || !state.timer.active()) {
+    state.interval_s = repo->poll_interval;
+    if (!state.polling) arm(state, jittered(static_cast<uint64_t>(state.interval_s) * 1000));
+  }
+}
+
+void Scheduler::arm(RepoState& state, uint64_t delay_ms) {
+  state.timer.start(delay_ms, 0, [this, id = state.id] { beginPoll(id); });
+}
+
+void Scheduler::pollNow(int repository_id, std::function<void(Result<PollReport>)> done) {
+  auto repo = model_.repository(repository_id);
+  if (!repo) return done(Error{"no repository with id " + std::to_string(repository_id)});
+  if (!repo->active) return done(Error{"repository " + repo->name + " is not active"});
+  auto it = repos_.find(repository_id);
+  if (it == repos_.end()) {
+    schedule(repository_id);
+    it = repos_.find(repository_id);
+  }
+  RepoState& state = *it->second;
+  state.waiters.push_back(std::move(done));
+  if (state.polling) {
+    state.again = true;  // the running poll may have listed heads before the push
+    return;
+  }
+  state.timer.stop();
+  beginPoll(repository_id);
+}
+
+std::vector<int> Scheduler::networkOf(int root_id) const {
+  std::vector<int> ids;
+  for (const auto& [id, repo] : model_.repositories()) {
+    int r = id;
+    for (int depth = 0; depth < 1000; ++depth) {
+      auto row = model_.repository(r);
+      if (!row || !row->parent_id) break;
+      r = *row->parent_id;
+    }
+    if (r == root_id) ids.push_back(id);
+  }
+  return ids;
+}
+
+// The root of the fork network: the parent of the parent of ... of row.
+Result<int> Scheduler::networkRoot(const config::Repository& row) const {
+  int root = row.id;
+  std::set<int> seen{root};
+  for (auto r = model_.repository(root); r && r->parent_id; r = model_.repository(root)) {
+    root = *r->parent_id;
+    if (!seen.insert(root).second) return Error{"repository " + row.name + " is part of a fork cycle"};
+  }
+  return root;
+}
+
+Repo Scheduler::repoFor(const config::Repository& row, int root) const {
+  Repo repo;
+  repo.id = row.id;
+  repo.url = row.url;
+  repo.proxy = options_.proxy_root + "/" + row.vcs + "/" + std::to_string(root);
+  repo.ref_prefix = "refs/pefnos/" + std::to_string(row.id) + "/";
+  return repo;
+}
+
+void Scheduler::beginPoll(int id) {
+  auto it = repos_.find(id);
+  auto row = model_.repository(id);
+  if (it == repos_.end()) return;
+  RepoState& state = *it->second;
+  state.polling = true;
+  state.again = false;
+  state.running_waiters = std::move(state.waiters);
+  state.waiters.clear();
+  const uint64_t started = nowMs(loop_);
+  auto failEarly = [this, id, started](Error e) { endPoll(id, std::move(e), started); };
+  if (!row || !row->active) return failEarly(Error{"repository " + std::to_string(id) + " is not active"});
+
+  auto root = networkRoot(*row);
+  if (!root) return failEarly(root.error());
+  auto repo = repoFor(*row, *root);
+  auto& vcs = vcs_[row->vcs];
+  if (!vcs) vcs = plugins_.makeVcs(row->vcs);
+  if (!vcs) {
+    std::string loaded;
+    for (const auto& n : plugins_.vcsNames()) loaded += (loaded.empty() ? "" : ", ") + n;
+    return failEarly(Error{"no VCS plugin named '" + row->vcs + "' is loaded (loaded: " +
+                      (loaded.empty() ? "none" : loaded) + ")"});
+  }
+  auto poll = std::make_shared<Poll>();
+  poll->repository_id = id;
+  poll->repo = repo;
+  poll->vcs = vcs;
+  poll->network_id = *root;
+  poll->network = networkOf(poll->network_id);
+  poll->started_ms = started;
+  // Step 1: every head of the upstream, in one call.
+  vcs->listHeads(poll->repo, [this, poll, alive = std::weak_ptr<bool>(alive_)](
+                                 Result<std::vector<Head>> heads) {
+    if (alive.expired()) return;
+    if (!heads) return fail(poll, heads.error().message);
+    poll->heads = std::move(heads.value());
+    poll->report.heads = static_cast<int>(poll->heads.size());
+    reconcile(poll);
+  });
+}
+
+// Step 2: the branch rows against what the upstream has.
+void Scheduler::reconcile(std::shared_ptr<Poll> poll) {
+  db_.transact<Reconciled>(
+      [poll](pqxx::work& tx) {
+        return reconcileBranches(tx, poll->repository_id, poll->heads, poll->network);
+      },
+      [this, poll, alive = std::weak_ptr<bool>(alive_)](Result<Reconciled> r) {
+        if (alive.expired()) return;
+        if (!r) return fail(poll, "reconciling branches: " + r.error().message);
+        poll->reconciled = std::move(r.value());
+        poll->report.changed = static_cast<int>(poll->reconciled.changed.size());
+        poll->report.discovered = poll->reconciled.discovered;
+        poll->report.vanished = poll->reconciled.vanished;
+        fetch(poll);
+      });
+}
+
+// Step 3: what moved comes into the proxy, once for every builder and fork.
+void Scheduler::fetch(std::shared_ptr<Poll> poll) {
+  if (poll->reconciled.changed.empty()) return record(poll);
+  std::vector<std::string> names;
+  for (const auto& t : poll->reconciled.changed) names.push_back(t.name);
+  poll->vcs->updateProxy(poll->repo, names,
+                         [this, poll, alive = std::weak_ptr<bool>(alive_)](Status s) {
+                           if (alive.expired()) return;
+                           if (!s) return fail(poll, "updating the proxy: " + s.error().message);
+                           listCommits(poll, 0);
+                         });
+}
+
+// Step 4: the new commits of each changed branch, one branch after the other.
+void Scheduler::listCommits(std::shared_ptr<Poll> poll, size_t i) {
+  if (i == poll->reconciled.changed.size()) return record(poll);
+  poll->vcs->listCommits(
+      poll->repo, poll->reconciled.changed[i].new_revision, poll->reconciled.known_heads,
+      options_.max_new_commits,
+      [this, poll, i, alive = std::weak_ptr<bool>(alive_)](Result<std::vector<CommitInfo>> commits) {
+        if (alive.expired()) return;
+        if (!commits) {
+          return fail(poll, "listing the commits of " + poll->reconciled.changed[i].name + ": " +
+                                commits.error().message);
+        }
+        json list = json::array();
+        for (const auto& c : *commits) {
+          auto date = [](const std::string& d) { return d.empty() ? json() : json(d); };
+          list.push_back({{"revision", c.revision}, {"parents", c.parents}, {"author", c.author},
+                          {"author_date", date(c.author_date)}, {"committer", c.committer},
+                          {"committer_date", date(c.committer_date)}, {"message", c.message},
+                          {"files", c.files}});
+        }
+        poll->commits.push_back(dumpJson(list));
+        listCommits(poll, i + 1);
+      });
+}
+
+// Step 5: commits, heads and build requests, in one transaction.
+void Scheduler::record(std::shared_ptr<Poll> poll) {
+  db_.transact<PollReport>(
+      [poll](pqxx::work& tx) {
+        PollReport report = poll->report;
+        for (size_t i = 0; i < poll->reconciled.changed.size(); ++i) {
+          const Tracked& t = poll->reconciled.changed[i];
+          report.commits += static_cast<int>(
+              tx.exec_params(kRecordCommits, poll->network_id, poll->commits[i]).affected_rows());
+          tx.exec_params(kMoveHead, t.branch_id, t.new_revision, poll->network_id);
+          report.requests += static_cast<int>(
+              tx.exec_params(kRequestBuilds, t.branch_id, t.new_revision, poll->network_id)
+                  .affected_rows());
+        }
+        return report;
+      },
+      [this, poll, alive = std::weak_ptr<bool>(alive_)](Result<PollReport> report) {
+        if (alive.expired()) return;
+        endPoll(poll->repository_id, std::move(report), poll->started_ms);
+      });
+}
+
+void Scheduler::fail(const std::shared_ptr<Poll>& poll, const std::string& message) {
+  endPoll(poll->repository_id, Error{message}, poll->started_ms);
+}
+
+void Scheduler::endPoll(int id, Result<PollReport> outcome, uint64_t started_ms) {
+  ++polls_done_;
+  const int duration = static_cast<int>(nowMs(loop_) - started_ms);
+  auto it = repos_.find(id);
+  auto row = model_.repository(id);
+  const std::string name = row ? row->name : std::to_string(id);
+  if (outcome) {
+    const PollReport& r = *outcome;
+    if (r.changed || r.discovered || r.vanished) {
+      log::info("scheduler", "polled ", name, ": ", r.changed, " branches moved, ", r.commits,
+                " new commits, ", r.requests, " build requests, ", r.discovered, " discovered, ",
+                r.vanished, " vanished (", duration, " ms)");
+    }
+    db_.transact<Done>(
+        [id, duration](pqxx::work& tx) {
+          tx.exec_params(kPollOk, id, duration);
+          return Done{};
+        },
+        [](Result<Done>) {});
+  } else {
+    const std::string message = outcome.error().message;
+    const int failures = it != repos_.end() ? it->second->failures + 1 : 1;
+    if (failures == 1 || failures % 10 == 0) {
+      log::warning("scheduler", "polling ", name, " failed (", failures, " in a row): ", message);
+    }
+    db_.transact<Done>(
+        [id, duration, message, name](pqxx::work& tx) {
+          bool changed = tx.exec_params(kPollFailed, id, message, duration)[0][0].as<bool>();
+          if (changed) {
+            tx.exec_params("INSERT INTO pefnos.event (level, source, message, details) "
+                           "VALUES ('error', 'scheduler', $1, $2::jsonb)",
+                           "polling repository " + name + " failed: " + message,
+                           json{{"repository", id}}.dump());
+          }
+          return Done{};
+        },
+        [](Result<Done>) {});
+  }
+  if (it == repos_.end()) return;
+  RepoState& state = *it->second;
+  state.polling = false;
+  state.failures = outcome ? 0 : state.failures + 1;
+  auto waiters = std::move(state.running_waiters);
+  state.running_waiters.clear();
+  if (!row || !row->active) {
+    repos_.erase(it);
+  } else if (state.again) {
+    state.timer.start(0, 0, [this, id] { beginPoll(id); });
+  } else {
+    // Failures back off: twice the interval per failure in a row, up to the cap.
+    uint64_t delay = static_cast<uint64_t>(state.interval_s) * 1000;
+    for (int i = 0; i < std::min(state.failures, 16); ++i) delay *= 2;
+    delay = std::min<uint64_t>(delay, std::max<uint64_t>(static_cast<uint64_t>(state.interval_s),
+                                                         options_.max_backoff_seconds) * 1000);
+    arm(state, jittered(delay));
+  }
+  for (auto& w : waiters) w(outcome);
+}
+
+}  // namespace pefnos::scheduler
