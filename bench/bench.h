@@ -28,5 +28,6 @@ void figure(const std::string& name, double value, const std::string& unit);
 double percentile(std::vector<double> samples, double p);
 
 int runNotify();
+int runPollGit();
 
 }  // namespace pefnos::bench

@@ -2,6 +2,7 @@
 
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <random>
 #include <set>
 
@@ -172,6 +173,7 @@ struct Scheduler::RepoState {
   loop::Timer timer;
   int interval_s = 60;
   bool polling = false;
+  bool queued = false;  // in ready_, waiting for a poll slot
   bool again = false;  // a poll was asked for while one ran
   int failures = 0;
   std::vector<std::function<void(Result<PollReport>)>> waiters;  // of the next poll to end
@@ -229,7 +231,28 @@ void Scheduler::schedule(int id) {
 }
 
 void Scheduler::arm(RepoState& state, uint64_t delay_ms) {
-  state.timer.start(delay_ms, 0, [this, id = state.id] { beginPoll(id); });
+  state.timer.start(delay_ms, 0, [this, id = state.id] { enqueue(id, false); });
+}
+
+void Scheduler::enqueue(int id, bool urgent) {
+  auto it = repos_.find(id);
+  if (it == repos_.end() || it->second->polling || it->second->queued) return;
+  it->second->queued = true;
+  if (urgent) ready_.push_front(id);
+  else ready_.push_back(id);
+  pump();
+}
+
+void Scheduler::pump() {
+  while (active_polls_ < options_.max_parallel_polls && !ready_.empty()) {
+    int id = ready_.front();
+    ready_.pop_front();
+    auto it = repos_.find(id);
+    if (it == repos_.end() || !it->second->queued) continue;
+    it->second->queued = false;
+    ++active_polls_;
+    beginPoll(id);
+  }
 }
 
 void Scheduler::pollNow(int repository_id, std::function<void(Result<PollReport>)> done) {
@@ -248,7 +271,11 @@ void Scheduler::pollNow(int repository_id, std::function<void(Result<PollReport>
     return;
   }
   state.timer.stop();
-  beginPoll(repository_id);
+  if (state.queued) {  // already waiting for a slot: move it to the front
+    state.queued = false;
+    ready_.erase(std::remove(ready_.begin(), ready_.end(), repository_id), ready_.end());
+  }
+  enqueue(repository_id, true);
 }
 
 std::vector<int> Scheduler::networkOf(int root_id) const {
@@ -410,6 +437,7 @@ void Scheduler::fail(const std::shared_ptr<Poll>& poll, const std::string& messa
 
 void Scheduler::endPoll(int id, Result<PollReport> outcome, uint64_t started_ms) {
   ++polls_done_;
+  --active_polls_;
   const int duration = static_cast<int>(nowMs(loop_) - started_ms);
   auto it = repos_.find(id);
   auto row = model_.repository(id);
@@ -446,7 +474,7 @@ void Scheduler::endPoll(int id, Result<PollReport> outcome, uint64_t started_ms)
         },
         [](Result<Done>) {});
   }
-  if (it == repos_.end()) return;
+  if (it == repos_.end()) return pump();
   RepoState& state = *it->second;
   state.polling = false;
   state.failures = outcome ? 0 : state.failures + 1;
@@ -455,7 +483,7 @@ void Scheduler::endPoll(int id, Result<PollReport> outcome, uint64_t started_ms)
   if (!row || !row->active) {
     repos_.erase(it);
   } else if (state.again) {
-    state.timer.start(0, 0, [this, id] { beginPoll(id); });
+    state.timer.start(0, 0, [this, id] { enqueue(id, true); });
   } else {
     // Failures back off: twice the interval per failure in a row, up to the cap.
     uint64_t delay = static_cast<uint64_t>(state.interval_s) * 1000;
@@ -465,6 +493,7 @@ void Scheduler::endPoll(int id, Result<PollReport> outcome, uint64_t started_ms)
     arm(state, jittered(delay));
   }
   for (auto& w : waiters) w(outcome);
+  pump();
 }
 
 }  // namespace pefnos::scheduler

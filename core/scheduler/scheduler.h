@@ -18,6 +18,7 @@
 
 #include <uv.h>
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -47,6 +48,7 @@ class Scheduler {
     std::string proxy_root;           // proxies live in proxy_root/<vcs>/<network root id>
     size_t max_new_commits = 500;     // per branch and poll: the newest ones
     int max_backoff_seconds = 3600;
+    int max_parallel_polls = 8;       // the rest wait their turn: small machines, fd limits
   };
   Scheduler(uv_loop_t* loop, db::Database& db, config::Model& model, plugin::Registry& plugins,
             Options options);
@@ -67,6 +69,8 @@ class Scheduler {
   struct Poll;
   void schedule(int repository_id);
   void arm(RepoState& state, uint64_t delay_ms);
+  void enqueue(int repository_id, bool urgent);
+  void pump();
   void beginPoll(int repository_id);
   void reconcile(std::shared_ptr<Poll> poll);
   void fetch(std::shared_ptr<Poll> poll);
@@ -86,6 +90,8 @@ class Scheduler {
   std::map<std::string, std::shared_ptr<Vcs>> vcs_;  // one object per plugin
   std::map<int, std::unique_ptr<RepoState>> repos_;
   uint64_t polls_done_ = 0;
+  std::deque<int> ready_;  // due repositories waiting for a free poll slot
+  int active_polls_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
