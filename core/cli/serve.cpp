@@ -1,4 +1,6 @@
 // `pefnos up` and `pefnos master`: the long-running modes.
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include "core/base/log.h"
@@ -50,6 +52,48 @@ int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
   });
   uv_run(loop, UV_RUN_DEFAULT);
   return rc;
+}
+
+// Runs git with argv for the demo's repositories; a failure is fatal to the demo.
+void demoGit(std::vector<std::string> args) {
+  args.insert(args.begin(), {"git", "-c", "user.name=pefnos demo", "-c", "user.email=demo@localhost",
+                             "-c", "init.defaultBranch=main"});
+  auto out = loop::runToCompletion(loop::ProcessOptions{.argv = args});
+  if (!out) fail("cannot prepare the demo repositories: " + out.error().message);
+  if (out->exit_status != 0) fail("cannot prepare the demo repositories: " + args[7] + " failed: " + out->err);
+}
+
+// The demo configuration, with its repositories made real under dir on
+// first use: demo.git (main and feature/hello) and a fork of it.
+nlohmann::json demoConfiguration(const std::string& file, const std::filesystem::path& dir) {
+  std::ifstream in(file);
+  if (!in) fail("cannot read the demo configuration " + file);
+  nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+  if (doc.is_discarded()) fail("the demo configuration " + file + " is not JSON");
+  const std::string upstream = (dir / "demo.git").string(), fork = (dir / "demo-fork.git").string();
+  const std::string work = (dir / "work").string();
+  if (!std::filesystem::exists(upstream)) {
+    log::info("pefnos", "creating the demo repositories in ", dir.string());
+    demoGit({"init", "-q", "--bare", upstream});
+    demoGit({"init", "-q", work});
+    std::ofstream(work + "/README") << "The pefnos demo repository.\n";
+    demoGit({"-C", work, "add", "README"});
+    demoGit({"-C", work, "commit", "-q", "-m", "Start the demo"});
+    demoGit({"-C", work, "push", "-q", upstream, "HEAD:refs/heads/main"});
+    std::ofstream(work + "/hello") << "hello\n";
+    demoGit({"-C", work, "add", "hello"});
+    demoGit({"-C", work, "commit", "-q", "-m", "Say hello"});
+    demoGit({"-C", work, "push", "-q", upstream, "HEAD:refs/heads/feature/hello"});
+    demoGit({"clone", "-q", "--bare", upstream, fork});
+  }
+  for (auto& project : doc["projects"]) {
+    if (project["name"] != "demo") continue;
+    for (auto& repo : project["repositories"]) {
+      if (repo["name"] == "demo") repo["url"] = upstream;
+      if (repo["name"] == "demo-fork") repo["url"] = fork;
+    }
+  }
+  return doc;
 }
 
 int closeLoop(uv_loop_t* loop, int rc) {
@@ -105,11 +149,13 @@ int runUp(const ServeArgs& args) {
     if (!applied->empty()) log::info("pefnos", "schema migrated to version ", db::latestSchemaVersion());
     if (args.demo) {
       std::string file = configDir() + "/examples/demo.json";
-      auto report = config::importFile(conn, file);
-      if (!report) fail(report.error().message);
-      if (!report->errors.empty()) fail("the demo configuration " + file + " is broken: " + report->errors.front());
-      log::info("pefnos", "demo configuration imported from ", file, ": ", report->created,
-                " created, ", report->updated, " updated, ", report->unchanged, " unchanged");
+      auto doc = demoConfiguration(file, cl->layout().home / "demo");
+      auto report = config::importConfig(conn, doc);
+      if (!report.errors.empty()) fail("the demo configuration " + file + " is broken: " + report.errors.front());
+      log::info("pefnos", "demo configuration imported from ", file, ": ", report.created,
+                " created, ", report.updated, " updated, ", report.unchanged,
+                " unchanged; push to ", (cl->layout().home / "demo" / "demo.git").string(),
+                " and its commits appear in pefnos.commit");
     }
   } catch (const Failure&) {
     stop_cluster();
