@@ -65,8 +65,11 @@ std::vector<std::string> git(std::vector<std::string> args) {
   return args;
 }
 
-// utime + stime of the process and of its reaped children, in clock ticks.
-long long cpuTicks(pid_t pid) {
+// utime + stime of the process, and of its reaped children, in clock ticks.
+struct CpuTicks {
+  long long self, children;
+};
+CpuTicks cpuTicks(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
   std::getline(in, line);
@@ -74,7 +77,7 @@ long long cpuTicks(pid_t pid) {
   std::vector<std::string> f;
   for (std::string x; rest >> x;) f.push_back(x);
   // Fields after the name: state is [0]; utime [11], stime [12], cutime [13], cstime [14].
-  return std::stoll(f[11]) + std::stoll(f[12]) + std::stoll(f[13]) + std::stoll(f[14]);
+  return {std::stoll(f[11]) + std::stoll(f[12]), std::stoll(f[13]) + std::stoll(f[14])};
 }
 
 double rssMb(pid_t pid) {
@@ -152,22 +155,21 @@ int runPollGit() {
   figure("poll-git.rss_mb", rssMb(master), "MB");
 
   const long ticks_per_s = sysconf(_SC_CLK_TCK);
-  const long long cpu0 = cpuTicks(master);
+  const std::string count_polls = "SELECT coalesce(sum(polls), 0) FROM pefnos.repository_poll";
+  const long long polls0 = scalar(count_polls);
+  const CpuTicks cpu0 = cpuTicks(master);
   const auto w0 = Clock::now();
-  // Counting polls by their timestamps: every poll rewrites last_poll_at, and
-  // a repository polls at most once in a window shorter than its interval.
-  const std::string since = [&] {
-    pqxx::nontransaction tx(c);
-    return tx.exec("SELECT now()::text")[0][0].as<std::string>();
-  }();
   std::this_thread::sleep_for(std::chrono::seconds(window_s));
   const double wall = std::chrono::duration<double>(Clock::now() - w0).count();
-  const long long cpu1 = cpuTicks(master);
-  const long long polls = scalar("SELECT count(*) FROM pefnos.repository_poll WHERE last_poll_at > '" + since + "'");
-  const double cpu_s = static_cast<double>(cpu1 - cpu0) / ticks_per_s;
-  figure("poll-git.cpu_pct", 100.0 * cpu_s / wall, "%");
+  const CpuTicks cpu1 = cpuTicks(master);
+  const long long polls = scalar(count_polls) - polls0;
+  const double self_s = static_cast<double>(cpu1.self - cpu0.self) / ticks_per_s;
+  const double children_s = static_cast<double>(cpu1.children - cpu0.children) / ticks_per_s;
+  figure("poll-git.cpu_pct", 100.0 * (self_s + children_s) / wall, "%");
+  figure("poll-git.cpu_pct_master", 100.0 * self_s / wall, "%");
+  figure("poll-git.cpu_pct_children", 100.0 * children_s / wall, "%");
   figure("poll-git.polls", static_cast<double>(polls), "count");
-  figure("poll-git.cpu_ms_per_poll", polls ? 1000.0 * cpu_s / static_cast<double>(polls) : 0, "ms");
+  figure("poll-git.cpu_ms_per_poll", polls ? 1000.0 * (self_s + children_s) / static_cast<double>(polls) : 0, "ms");
   figure("poll-git.rss_mb_after_window", rssMb(master), "MB");
 
   // Push to request: a commit pushed to r0's branch b0, then notify_push.

@@ -57,5 +57,8 @@ BEGIN
   RETURN pefnos.command('poll-now', jsonb_build_object('repository', repository, 'reason', 'push'));
 END $$;
 
+-- How many polls a repository has had: for users, and for the benchmarks.
+ALTER TABLE repository_poll ADD COLUMN polls bigint NOT NULL DEFAULT 0;
+
 CREATE INDEX branch_repository ON branch (repository_id);
 CREATE INDEX builder_branch_branch ON builder_branch (branch_id);

@@ -1,6 +1,7 @@
 // The config room: the configuration rows (project, repository, branch,
-// builder, builder_branch, worker, mirror) as JSON in and out of the database,
-// and as an in-memory model that the master keeps current from NOTIFYs.
+// builder, builder_branch, worker, mirror, plugin_directory) as JSON in and
+// out of the database, and as an in-memory model that the master keeps
+// current from NOTIFYs.
 //
 // Import/export are synchronous (for the CLI, never on the loop thread). The
 // Model is asynchronous: it only reads, through db::Database, and never writes
@@ -34,16 +35,17 @@ struct ImportReport {
   std::vector<std::string> errors;  // "JSON-pointer: message"; non-empty: nothing was written
 };
 
-// Validates the whole document, then upserts it by names in one transaction;
-// rows absent from the document are left alone, unchanged rows are not touched.
+// Validates the whole document, then upserts it by names (plugin directories
+// by path) in one transaction; rows absent from the document are left alone,
+// unchanged rows are not touched.
 ImportReport importConfig(pqxx::connection& conn, const nlohmann::json& doc);
 // Only the document's own shape (types, required and unknown fields, duplicate
 // names), without the database: references are left to importConfig.
 std::vector<std::string> checkDocument(const nlohmann::json& doc);
 // Reads and parses the file, then importConfig; a file or syntax error is an Error.
 Result<ImportReport> importFile(pqxx::connection& conn, const std::string& path);
-// The canonical form: every field present, lists sorted by name; discovered
-// branches are left out.
+// The canonical form: every field present, lists sorted by name (plugin
+// directories by path); discovered branches are left out.
 nlohmann::json exportConfig(pqxx::connection& conn);
 
 // --- The in-memory model: immutable snapshots of rows (timestamps left out,
@@ -115,6 +117,15 @@ struct Mirror {
   bool operator==(const Mirror&) const = default;
 };
 
+// A directory the master loads plugins from, besides the built-in one. Read
+// when a master starts: a change takes effect at its next start.
+struct PluginDirectory {
+  int id = 0;
+  std::string path;  // absolute
+  bool active = true;
+  bool operator==(const PluginDirectory&) const = default;
+};
+
 template <class T>
 using Rows = std::map<int, std::shared_ptr<const T>>;
 
@@ -127,6 +138,7 @@ struct Tables {
   Rows<BuilderBranch> builder_branches;
   Rows<Worker> workers;
   Rows<Mirror> mirrors;
+  Rows<PluginDirectory> plugin_directories;
 };
 
 struct Change {
@@ -162,6 +174,7 @@ class Model {
   const Rows<BuilderBranch>& builderBranches() const { return tables_.builder_branches; }
   const Rows<Worker>& workers() const { return tables_.workers; }
   const Rows<Mirror>& mirrors() const { return tables_.mirrors; }
+  const Rows<PluginDirectory>& pluginDirectories() const { return tables_.plugin_directories; }
 
   std::shared_ptr<const Project> project(int id) const;
   std::shared_ptr<const Repository> repository(int id) const;
@@ -170,6 +183,7 @@ class Model {
   std::shared_ptr<const BuilderBranch> builderBranch(int id) const;
   std::shared_ptr<const Worker> worker(int id) const;
   std::shared_ptr<const Mirror> mirror(int id) const;
+  std::shared_ptr<const PluginDirectory> pluginDirectory(int id) const;
 
  private:
   using RowKey = std::pair<std::string, int>;  // table, id
@@ -177,6 +191,7 @@ class Model {
   void handleNotification(const std::string& payload);
   void readNext();
   int applyLoaded(Loaded& loaded, bool full);  // returns the number of changes
+  void reportPluginDirectoryChange(const Change& change, const Rows<PluginDirectory>& before);
   void recordEvent(const std::string& level, const std::string& message, nlohmann::json details);
 
   db::Database& database_;

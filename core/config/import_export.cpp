@@ -202,6 +202,10 @@ struct WorkerEntry {
   int slots;
   bool active;
 };
+struct PluginDirectoryEntry {
+  std::string path, directory;  // the entry's JSON pointer, the directory's path
+  bool active;
+};
 struct MirrorEntry {
   std::string path, name, kind;
   std::optional<std::string> collection;
@@ -223,6 +227,7 @@ struct Plan {
   std::vector<BuilderBranchEntry> builder_branches;
   std::vector<WorkerEntry> workers;
   std::vector<MirrorEntry> mirrors;
+  std::vector<PluginDirectoryEntry> plugin_directories;
 };
 
 // "repo" (in the given project) or "project/repo".
@@ -244,10 +249,10 @@ std::string repositoryReference(const std::string& project, const std::string& r
 // Reports a name seen twice in the document; key is what makes it unique.
 template <class Key>
 void checkUnique(std::map<Key, std::string>& seen, const Key& key, const std::string& what,
-                 const std::string& name, Fields& fields) {
+                 const std::string& name, Fields& fields, const std::string& field = "name") {
   auto [it, inserted] = seen.emplace(key, fields.path());
   if (!inserted) {
-    fields.error(fields.path("name"),
+    fields.error(fields.path(field),
                  "duplicate " + what + " " + inQuotes(name) + " (also at " + it->second + ")");
   }
 }
@@ -261,6 +266,8 @@ class DocumentReader {
     forEachIn(top, "projects", [&](const json& v, const std::string& p) { readProject(v, p); });
     forEachIn(top, "workers", [&](const json& v, const std::string& p) { readWorker(v, p); });
     forEachIn(top, "mirrors", [&](const json& v, const std::string& p) { readMirror(v, p); });
+    forEachIn(top, "plugin_directories",
+              [&](const json& v, const std::string& p) { readPluginDirectory(v, p); });
     top.finish();
     return std::move(plan_);
   }
@@ -386,9 +393,29 @@ class DocumentReader {
     plan_.mirrors.push_back(std::move(e));
   }
 
+  // The same rule as the table's CHECK, said with the entry's path.
+  void readPluginDirectory(const json& value, const std::string& path) {
+    Fields f(value, path, errors_);
+    PluginDirectoryEntry e{path, f.text("path"), f.flag("active", true)};
+    const json* given = f.isObject() ? f.find("path", false) : nullptr;
+    if (given != nullptr && given->is_string()) {  // else already reported
+      if (e.directory.empty() || e.directory.front() != '/') {
+        f.error(f.path("path"), "expected an absolute path, got " + inQuotes(e.directory));
+      } else if (std::any_of(e.directory.begin(), e.directory.end(),
+                             [](unsigned char c) { return c < 0x20 || c == 0x7f; })) {
+        f.error(f.path("path"), "control characters are not allowed");
+      } else {
+        checkUnique(plugin_directories_, e.directory, "plugin directory", e.directory, f, "path");
+      }
+    }
+    f.finish();
+    plan_.plugin_directories.push_back(std::move(e));
+  }
+
   Errors& errors_;
   Plan plan_;
   std::map<std::string, std::string> projects_, workers_, mirrors_;  // name -> path
+  std::map<std::string, std::string> plugin_directories_;            // directory -> path
   std::map<RepoKey, std::string> repositories_, builders_;
   std::map<BranchKey, std::string> branches_;
 };
@@ -555,6 +582,9 @@ class PlanWriter {
              source_repository, source_branch, m.target.first, m.target.second, m.target_branch,
              m.delay, m.verify, m.active);
     }
+    for (const auto& d : plan.plugin_directories) {
+      upsert(d.path, sql::upsert_plugin_directory, d.directory, d.active);
+    }
   }
 
  private:
@@ -693,7 +723,10 @@ json exportConfig(pqxx::connection& conn) {
     projects[key.first]["repositories"].push_back(std::move(repository));
   }
 
-  json doc = {{"projects", json::array()}, {"workers", json::array()}, {"mirrors", json::array()}};
+  json doc = {{"projects", json::array()},
+              {"workers", json::array()},
+              {"mirrors", json::array()},
+              {"plugin_directories", json::array()}};
   for (auto& [name, project] : projects) doc["projects"].push_back(std::move(project));
   for (const auto& row : tx.exec(sql::export_workers)) {
     doc["workers"].push_back({{"name", text(row[0])},
@@ -715,6 +748,9 @@ json exportConfig(pqxx::connection& conn) {
          {"delay", row[9].as<int>()},
          {"verify", text(row[10])},
          {"active", boolean(row[11])}});
+  }
+  for (const auto& row : tx.exec(sql::export_plugin_directories)) {
+    doc["plugin_directories"].push_back({{"path", text(row[0])}, {"active", boolean(row[1])}});
   }
   return doc;
 }

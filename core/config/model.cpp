@@ -67,6 +67,9 @@ void parse(const json& j, Mirror& m) {
       "source_branch_id", m.source_branch_id)("target_repository_id", m.target_repository_id)(
       "target_branch", m.target_branch)("delay", m.delay)("verify", m.verify)("active", m.active);
 }
+void parse(const json& j, PluginDirectory& d) {
+  Columns{j}("id", d.id)("path", d.path)("active", d.active);
+}
 
 // Calls f(table name, rows of that table in each of tables...): the one list
 // of tables the model knows, and so the whitelist for notification payloads.
@@ -79,6 +82,7 @@ void forEachTable(F&& f, T&... tables) {
   f("builder_branch", tables.builder_branches...);
   f("worker", tables.workers...);
   f("mirror", tables.mirrors...);
+  f("plugin_directory", tables.plugin_directories...);
 }
 
 // The table's name as the model spells it, or nullptr if it is not one of them.
@@ -248,6 +252,7 @@ int Model::applyLoaded(Loaded& loaded, bool full) {
     recordEvent("warning", "skipped an unreadable configuration row",
                 {{"table", b.table}, {"id", b.id}, {"error", b.error}, {"row", b.row}});
   }
+  const Rows<PluginDirectory> plugin_directories_before = tables_.plugin_directories;
   std::vector<Change> changes;
   forEachTable(
       [&](const char* table, auto& current, auto& fresh) {
@@ -270,11 +275,35 @@ int Model::applyLoaded(Loaded& loaded, bool full) {
         }
       },
       tables_, loaded.tables);
+  // Changes found by the first load are what the master starts with.
+  for (const auto& change : changes) {
+    if (loaded_ && change.table == "plugin_directory") {
+      reportPluginDirectoryChange(change, plugin_directories_before);
+    }
+  }
   std::weak_ptr<bool> alive = alive_;  // a subscriber may destroy the model
   for (const auto& change : changes) {
     for (size_t i = 0; i < on_change_.size() && !alive.expired(); ++i) on_change_[i](change);
   }
   return static_cast<int>(changes.size());
+}
+
+// The master reads its plugin directories once, when it starts, and loads
+// every plugin of them then: a directory that appears or goes while it runs
+// changes nothing until it restarts. Said where the operator looks.
+void Model::reportPluginDirectoryChange(const Change& change, const Rows<PluginDirectory>& before) {
+  auto old_row = find(before, change.id);
+  auto row = change.kind == Change::Kind::removed ? old_row : pluginDirectory(change.id);
+  const std::string path = row ? row->path : "#" + std::to_string(change.id);
+  std::string what = change.kind == Change::Kind::added ? "added" : "removed";
+  if (change.kind == Change::Kind::updated) {
+    what = old_row && row && old_row->active != row->active
+               ? (row->active ? "activated" : "deactivated")
+               : "changed";
+  }
+  log::info("config", "plugin directory ", path, " ", what,
+            ": plugin directories are read when the master starts; the change takes effect "
+            "when it restarts");
 }
 
 void Model::recordEvent(const std::string& level, const std::string& message, json details) {
@@ -301,5 +330,8 @@ std::shared_ptr<const BuilderBranch> Model::builderBranch(int id) const {
 }
 std::shared_ptr<const Worker> Model::worker(int id) const { return find(tables_.workers, id); }
 std::shared_ptr<const Mirror> Model::mirror(int id) const { return find(tables_.mirrors, id); }
+std::shared_ptr<const PluginDirectory> Model::pluginDirectory(int id) const {
+  return find(tables_.plugin_directories, id);
+}
 
 }  // namespace pefnos::config

@@ -131,6 +131,13 @@ WHERE (t.kind, t.collection, t.source_branch_id, t.target_repository_id, t.targe
                     EXCLUDED.verify, EXCLUDED.active)
 RETURNING xmax = 0)";
 
+// $1 path, $2 active
+inline constexpr const char* upsert_plugin_directory = R"(
+INSERT INTO pefnos.plugin_directory AS t (path, active) VALUES ($1, $2)
+ON CONFLICT (path) DO UPDATE SET active = EXCLUDED.active
+WHERE t.active IS DISTINCT FROM EXCLUDED.active
+RETURNING xmax = 0)";
+
 // --- Export: COLLATE "C" so that the order never depends on the database's locale
 
 inline constexpr const char* export_projects =
@@ -184,6 +191,9 @@ JOIN pefnos.project sp ON sp.id = sr.project_id
 JOIN pefnos.repository tr ON tr.id = m.target_repository_id
 JOIN pefnos.project tp ON tp.id = tr.project_id
 ORDER BY m.name COLLATE "C")";
+
+inline constexpr const char* export_plugin_directories =
+    R"(SELECT path, active FROM pefnos.plugin_directory ORDER BY path COLLATE "C")";
 
 // --- Model: whole rows as JSON. `table` is always one of Model's fixed table
 // names, never text from a notification.

@@ -1,15 +1,68 @@
+#include <link.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <boost/dll/shared_library.hpp>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "core/base/log.h"
 #include "core/plugin/plugin.h"
 
 namespace pefnos::plugin {
 namespace fs = std::filesystem;
+
+namespace {
+
+// What dlopen cannot be trusted with: it maps a file's segments as its program
+// headers say, and touching a segment that lies past the end of a truncated
+// file kills the process with SIGBUS. So the header and every segment must be
+// inside the file, and the file must be a shared object of this machine's kind.
+Status checkElf(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error{"cannot be read: " + std::string(std::strerror(errno))};
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(path, ec);
+  if (ec) return Error{"cannot be read: " + ec.message()};
+  ElfW(Ehdr) header{};
+  if (!in.read(reinterpret_cast<char*>(&header), sizeof header) ||
+      std::memcmp(header.e_ident, ELFMAG, SELFMAG) != 0) {
+    return Error{"not an ELF file"};
+  }
+  ElfW(Ehdr) own{};  // what this process's own binary is
+  std::ifstream self("/proc/self/exe", std::ios::binary);
+  if (self.read(reinterpret_cast<char*>(&own), sizeof own) &&
+      (header.e_ident[EI_CLASS] != own.e_ident[EI_CLASS] ||
+       header.e_ident[EI_DATA] != own.e_ident[EI_DATA] || header.e_machine != own.e_machine)) {
+    return Error{"built for another machine (ELF class " +
+                 std::to_string(header.e_ident[EI_CLASS]) + ", machine " +
+                 std::to_string(header.e_machine) + ")"};
+  }
+  if (header.e_type != ET_DYN) return Error{"an ELF file but not a shared object"};
+  if (header.e_phentsize != sizeof(ElfW(Phdr)) || header.e_phnum == 0 || header.e_phoff > size ||
+      uintmax_t(header.e_phnum) * sizeof(ElfW(Phdr)) > size - header.e_phoff) {
+    return Error{"truncated or damaged: its program headers are not in the file"};
+  }
+  in.seekg(static_cast<std::streamoff>(header.e_phoff));
+  for (int i = 0; i < header.e_phnum; ++i) {
+    ElfW(Phdr) segment{};
+    if (!in.read(reinterpret_cast<char*>(&segment), sizeof segment)) {
+      return Error{"truncated or damaged: its program headers cannot be read"};
+    }
+    // Compared so that no sum can wrap around, whatever the header says.
+    if (segment.p_type != PT_NULL &&
+        (segment.p_offset > size || segment.p_filesz > size - segment.p_offset)) {
+      return Error{"truncated: segment " + std::to_string(i) + " ends at byte " +
+                   std::to_string(uintmax_t(segment.p_offset) + segment.p_filesz) +
+                   " but the file has " + std::to_string(size)};
+    }
+  }
+  return ok();
+}
+
+}  // namespace
 
 std::string builtinPluginDir() {
   if (const char* env = std::getenv("PEFNOS_PLUGIN_DIR"); env && *env) return env;
@@ -51,6 +104,9 @@ void Registry::loadDirectory(const std::string& dir) {
 }
 
 void Registry::loadFile(const std::string& path) {
+  if (auto elf = checkElf(path); !elf) {
+    return refuse(path, "not a loadable shared object: " + elf.error().message);
+  }
   auto library = std::make_shared<boost::dll::shared_library>();
   try {
     library->load(path, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);

@@ -88,19 +88,31 @@ constexpr const char* kRequestBuilds = R"(
                           UNION SELECT origin_id FROM pefnos.branch WHERE id = $1))";
 
 constexpr const char* kPollOk = R"(
-  INSERT INTO pefnos.repository_poll (repository_id, last_poll_at, last_success_at, last_error, duration_ms)
-  VALUES ($1, now(), now(), NULL, $2)
+  INSERT INTO pefnos.repository_poll (repository_id, last_poll_at, last_success_at, last_error,
+                                     duration_ms, polls)
+  VALUES ($1, now(), now(), NULL, $2, 1)
   ON CONFLICT (repository_id) DO UPDATE
-     SET last_poll_at = now(), last_success_at = now(), last_error = NULL, duration_ms = $2)";
+     SET last_poll_at = now(), last_success_at = now(), last_error = NULL, duration_ms = $2,
+         polls = pefnos.repository_poll.polls + 1)";
 
 // Returns the previous error so that an event is written only when it changes.
 constexpr const char* kPollFailed = R"(
   WITH before AS (SELECT last_error FROM pefnos.repository_poll WHERE repository_id = $1)
-  INSERT INTO pefnos.repository_poll (repository_id, last_poll_at, last_error, duration_ms)
-  VALUES ($1, now(), $2, $3)
+  INSERT INTO pefnos.repository_poll (repository_id, last_poll_at, last_error, duration_ms, polls)
+  VALUES ($1, now(), $2, $3, 1)
   ON CONFLICT (repository_id) DO UPDATE
-     SET last_poll_at = now(), last_error = $2, duration_ms = $3
+     SET last_poll_at = now(), last_error = $2, duration_ms = $3,
+         polls = pefnos.repository_poll.polls + 1
   RETURNING (SELECT last_error FROM before) IS DISTINCT FROM $2)";
+
+size_t hashHeads(const std::vector<Head>& heads) {
+  size_t h = heads.size();
+  for (const auto& head : heads) {
+    h = h * 1000003 ^ std::hash<std::string>{}(head.branch);
+    h = h * 1000003 ^ std::hash<std::string>{}(head.revision);
+  }
+  return h;
+}
 
 std::string intArray(const std::vector<int>& ids) {
   std::string s = "{";
@@ -175,6 +187,10 @@ struct Scheduler::RepoState {
   bool polling = false;
   bool queued = false;  // in ready_, waiting for a poll slot
   bool again = false;  // a poll was asked for while one ran
+  // The upstream heads of the last successful poll, hashed: when they and the
+  // branch rows are unchanged, a poll has nothing to reconcile.
+  size_t heads_hash = 0;
+  bool branches_changed = true;
   int failures = 0;
   std::vector<std::function<void(Result<PollReport>)>> waiters;  // of the next poll to end
   std::vector<std::function<void(Result<PollReport>)>> running_waiters;
@@ -189,6 +205,7 @@ struct Scheduler::Poll {
   std::shared_ptr<Vcs> vcs;
   uint64_t started_ms = 0;
   std::vector<Head> heads;
+  size_t heads_hash = 0;
   Reconciled reconciled;
   std::vector<std::string> commits;  // per changed branch, a JSON array
   PollReport report;
@@ -204,6 +221,10 @@ void Scheduler::start() {
   for (const auto& [id, repo] : model_.repositories()) schedule(id);
   model_.onChange([this](const config::Change& c) {
     if (c.table == "repository") schedule(c.id);
+    if (c.table == "branch" || c.table == "builder_branch" || c.table == "builder") {
+      // Cheap and always right: the next poll of every repository reconciles.
+      for (auto& [id, state] : repos_) state->branches_changed = true;
+    }
   });
 }
 
@@ -350,6 +371,13 @@ void Scheduler::beginPoll(int id) {
     if (!heads) return fail(poll, heads.error().message);
     poll->heads = std::move(heads.value());
     poll->report.heads = static_cast<int>(poll->heads.size());
+    poll->heads_hash = hashHeads(poll->heads);
+    auto it = repos_.find(poll->repository_id);
+    if (it != repos_.end() && !it->second->branches_changed &&
+        it->second->heads_hash == poll->heads_hash) {
+      return endPoll(poll->repository_id, poll->report, poll->started_ms);  // nothing moved
+    }
+    if (it != repos_.end()) it->second->branches_changed = false;
     reconcile(poll);
   });
 }
@@ -427,6 +455,11 @@ void Scheduler::record(std::shared_ptr<Poll> poll) {
       },
       [this, poll, alive = std::weak_ptr<bool>(alive_)](Result<PollReport> report) {
         if (alive.expired()) return;
+          if (report) {
+          if (auto it = repos_.find(poll->repository_id); it != repos_.end()) {
+            it->second->heads_hash = poll->heads_hash;
+          }
+        }
         endPoll(poll->repository_id, std::move(report), poll->started_ms);
       });
 }
