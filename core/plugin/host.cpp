@@ -39,7 +39,7 @@ class ProcessHost::Child : public Running, public std::enable_shared_from_this<C
     loop::ProcessOptions o;
     o.argv = spec_.argv;
     o.env = environmentWith(spec_.env);
-    o.cwd = spec_.cwd;
+    o.cwd = spec_.cwd.empty() ? "/" : spec_.cwd;
     loop::Process::Callbacks cb;
     // Weak: a Child gone (host destroyed) must not be called.
     std::weak_ptr<Child> weak = shared_from_this();
@@ -116,7 +116,18 @@ class ProcessHost::Child : public Running, public std::enable_shared_from_this<C
   ProcessResult result_;
 };
 
-ProcessHost::ProcessHost(uv_loop_t* loop) : loop_(loop) {}
+ProcessHost::ProcessHost(uv_loop_t* loop)
+    : loop_(loop), posted_timer_(std::make_unique<loop::Timer>(loop)) {}
+
+void ProcessHost::post(std::function<void()> fn) {
+  posted_.push_back(std::move(fn));
+  if (posted_.size() > 1) return;
+  posted_timer_->start(0, 0, [this] {
+    auto batch = std::move(posted_);
+    posted_.clear();
+    for (auto& f : batch) f();
+  });
+}
 
 ProcessHost::~ProcessHost() {
   for (const auto& child : active_) child->kill();

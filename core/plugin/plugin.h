@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "core/loop/loop.h"
 #include "pefnos/host.h"
 #include "pefnos/plugin.h"
 
@@ -51,6 +52,8 @@ class Registry {
 
   const std::vector<Outcome>& outcomes() const { return outcomes_; }
   // A new VCS object of the plugin that calls itself `name`; nullptr if none.
+  // Make one per plugin, not per repository: a plugin may serialise work on
+  // shared proxies inside its object.
   // The object keeps its library loaded as long as it lives.
   std::shared_ptr<Vcs> makeVcs(const std::string& name);
   std::vector<std::string> vcsNames() const;
@@ -80,6 +83,7 @@ class ProcessHost : public Host {
   std::shared_ptr<Running> stream(ProcessSpec spec, std::function<void(std::string_view)> on_out,
                                   std::function<void(ProcessResult)> done) override;
   void log(LogLevel level, std::string_view message) override;
+  void post(std::function<void()> fn) override;
 
   size_t running() const { return active_.size(); }
 
@@ -90,6 +94,8 @@ class ProcessHost : public Host {
 
   uv_loop_t* loop_;
   std::set<std::shared_ptr<Child>> active_;
+  std::unique_ptr<loop::Timer> posted_timer_;
+  std::vector<std::function<void()>> posted_;
 };
 
 }  // namespace pefnos::plugin

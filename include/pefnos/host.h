@@ -15,9 +15,9 @@
 namespace pefnos {
 
 struct ProcessSpec {
-  std::vector<std::string> argv;  // argv[0] is looked up in PATH; never a shell
-  std::vector<std::string> env;   // "NAME=value" entries added to the host's environment
-  std::string cwd;                // empty: the host's
+  std::vector<std::string> argv{};  // argv[0] is looked up in PATH; never a shell
+  std::vector<std::string> env{};   // "NAME=value" entries added to the host's environment
+  std::string cwd{};                // empty: "/" (never wherever the daemon happened to start)
   size_t max_output = 64u << 20;  // run(): output beyond this fails the run (stream(): ignored)
   int timeout_seconds = 600;      // then the process is killed and timed_out is set
 };
@@ -57,6 +57,10 @@ class Host {
                                           std::function<void(std::string_view)> on_out,
                                           std::function<void(ProcessResult)> done) = 0;
   virtual void log(LogLevel level, std::string_view message) = 0;
+  // Runs fn on the loop thread soon, never inside this call: how a plugin
+  // reports an error found before any process started without re-entering
+  // its caller.
+  virtual void post(std::function<void()> fn) = 0;
 };
 
 inline std::string ProcessResult::describe(const std::string& what) const {

@@ -1,4 +1,4 @@
-// Part of the plugin API (stable, versioned with PEFNOS_PLUGIN_ABI).
+// Part of the plugin API (stable, versioned with kPluginAbiVersion in plugin.h).
 // Expected failures as values: a Result<T> holds either a T or an Error that
 // says, in words a user can act on, what went wrong. Never thrown across the loop.
 #pragma once

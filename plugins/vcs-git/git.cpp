@@ -72,8 +72,10 @@ std::vector<std::string> inProxy(const Repo& repo, std::initializer_list<std::st
 }
 
 Status checkRepo(const Repo& repo, bool needs_url) {
-  if (needs_url && repo.url.empty()) return Error{"repository " + std::to_string(repo.id) + " has no URL"};
-  if (repo.proxy.empty()) return Error{"repository " + std::to_string(repo.id) + " has no proxy path"};
+  if (needs_url && repo.url.empty())
+    return Error{"repository " + std::to_string(repo.id) + " has no URL"};
+  if (repo.proxy.empty())
+    return Error{"repository " + std::to_string(repo.id) + " has no proxy path"};
   if (!isValidRefPrefix(repo.ref_prefix)) {
     return Error{"repository " + std::to_string(repo.id) + " has an invalid ref prefix '" +
                  repo.ref_prefix + "' (want refs/…/)"};
@@ -140,8 +142,10 @@ class State : public std::enable_shared_from_this<State> {
 
   bool proxyReady(const std::string& proxy) const { return ready_.count(proxyKey(proxy)) > 0; }
   void setProxyReady(const std::string& proxy, bool ready) {
-    if (ready) ready_.insert(proxyKey(proxy));
-    else ready_.erase(proxyKey(proxy));
+    if (ready)
+      ready_.insert(proxyKey(proxy));
+    else
+      ready_.erase(proxyKey(proxy));
   }
 
  private:
@@ -155,8 +159,10 @@ class State : public std::enable_shared_from_this<State> {
       *released = true;
       auto& queue = self->queues_[key];
       queue.pop_front();
-      if (queue.empty()) self->queues_.erase(key);
-      else self->startFront(key);
+      if (queue.empty())
+        self->queues_.erase(key);
+      else
+        self->startFront(key);
     });
   }
 
@@ -170,38 +176,52 @@ class State : public std::enable_shared_from_this<State> {
 
 class GitVcs final : public Vcs {
  public:
-  explicit GitVcs(Host& host) : state_(std::make_shared<State>(host)) {}
+  explicit GitVcs(Host& host) : host_(host), state_(std::make_shared<State>(host)) {}
   ~GitVcs() override { state_->killAll(); }  // their callbacks find the State gone
   GitVcs(const GitVcs&) = delete;            // owns running processes
   GitVcs& operator=(const GitVcs&) = delete;
 
+  // Errors found before any process ran are reported from the loop, never
+  // from inside the call: callers need not be re-entrant.
+  template <class Done, class Value>
+  void later(Done done, Value value) {
+    host_.post([done = std::move(done), value = std::move(value)]() mutable { done(std::move(value)); });
+  }
+
   void listHeads(const Repo& repo, std::function<void(Result<std::vector<Head>>)> done) override {
-    if (repo.url.empty()) return done(Error{"repository " + std::to_string(repo.id) + " has no URL"});
+    if (repo.url.empty())
+      return later(std::move(done), Error{"repository " + std::to_string(repo.id) + " has no URL"});
     // --heads asks the server for refs/heads/ only: one round trip whatever the branch count.
-    auto argv = std::vector<std::string>{"git", "ls-remote", "--heads", "--end-of-options", repo.url};
+    auto argv =
+        std::vector<std::string>{"git", "ls-remote", "--heads", "--end-of-options", repo.url};
     std::weak_ptr<State> weak = state_;
-    state_->git(spec(std::move(argv), kNetworkTimeout), [weak, url = repo.url, done = std::move(done)](ProcessResult r) {
-      if (!r.ok()) return done(failure("git ls-remote " + url, std::move(r)));
-      ParsedHeads parsed = parseHeads(r.out);
-      if (auto self = weak.lock(); self && !parsed.refused.empty()) {
-        std::string names;
-        for (const auto& n : parsed.refused) names += (names.empty() ? "'" : ", '") + n + "'";
-        self->host().log(LogLevel::warning,
-                         url + ": ignoring branches whose names git refuses: " + names);
-      }
-      done(std::move(parsed.heads));
-    });
+    state_->git(spec(std::move(argv), kNetworkTimeout),
+                [weak, url = repo.url, done = std::move(done)](ProcessResult r) {
+                  if (!r.ok()) return done(failure("git ls-remote " + url, std::move(r)));
+                  ParsedHeads parsed = parseHeads(r.out);
+                  if (auto self = weak.lock(); self && !parsed.refused.empty()) {
+                    std::string names;
+                    for (const auto& n : parsed.refused)
+                      names += (names.empty() ? "'" : ", '") + n + "'";
+                    self->host().log(LogLevel::warning,
+                                     url + ": ignoring branches whose names git refuses: " + names);
+                  }
+                  done(std::move(parsed.heads));
+                });
   }
 
   void updateProxy(const Repo& repo, const std::vector<std::string>& branches,
                    std::function<void(Status)> done) override {
-    if (auto s = checkRepo(repo, true); !s) return done(s.error());
+    if (auto s = checkRepo(repo, true); !s) return later(std::move(done), s.error());
     std::vector<std::string> argv = inProxy(
-        repo, {"-c", "gc.autoDetach=false",  // an automatic gc runs inside this job, not beside the next
-               "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
-               "--end-of-options", repo.url});
+        repo,
+        {"-c", "gc.autoDetach=false",  // an automatic gc runs inside this job, not beside the next
+         "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+         "--end-of-options", repo.url});
     for (const auto& b : branches) {
-      if (!isValidBranchName(b)) return done(Error{"refusing to fetch branch '" + b + "' of " + repo.url + ": git does not accept that name"});
+      if (!isValidBranchName(b))
+        return later(std::move(done), Error{"refusing to fetch branch '" + b + "' of " + repo.url +
+                          ": git does not accept that name"});
       // Forced: an upstream may rewrite its branch; the proxy follows it.
       argv.push_back("+refs/heads/" + b + ":" + repo.ref_prefix + b);
     }
@@ -240,28 +260,31 @@ class GitVcs final : public Vcs {
   }
 
   void listCommits(const Repo& repo, const std::string& to, const std::vector<std::string>& exclude,
-                   size_t limit, std::function<void(Result<std::vector<CommitInfo>>)> done) override {
-    if (auto s = checkRepo(repo, false); !s) return done(s.error());
-    if (auto s = checkRevision(to); !s) return done(s.error());
-    if (limit == 0) return done(std::vector<CommitInfo>{});
+                   size_t limit,
+                   std::function<void(Result<std::vector<CommitInfo>>)> done) override {
+    if (auto s = checkRepo(repo, false); !s) return later(std::move(done), s.error());
+    if (auto s = checkRevision(to); !s) return later(std::move(done), s.error());
+    if (limit == 0) return later(std::move(done), std::vector<CommitInfo>{});
     std::vector<std::string> argv = inProxy(
-        repo, {"-c", "core.quotePath=false",  // UTF-8 names as they are; control characters still quoted
-               "log", std::string("--format=") + kLogFormat, "--name-only", "--no-renames",
-               "--root", "--diff-merges=first-parent", "--topo-order", "--reverse",
-               // git applies the count before --reverse: the newest `limit`, oldest first.
-               "--max-count=" + std::to_string(limit), "--no-show-signature", "--no-color",
-               // --ignore-missing applies only to what follows it: an unknown `to`
-               // fails, an exclusion the proxy never saw (or lost to gc) is dropped.
-               to, "--ignore-missing"});
+        repo,
+        {"-c", "core.quotePath=false",  // UTF-8 names as they are; control characters still quoted
+         "log", std::string("--format=") + kLogFormat, "--name-only", "--no-renames", "--root",
+         "--diff-merges=first-parent", "--topo-order", "--reverse",
+         // git applies the count before --reverse: the newest `limit`, oldest first.
+         "--max-count=" + std::to_string(limit), "--no-show-signature", "--no-color",
+         // --ignore-missing applies only to what follows it: an unknown `to`
+         // fails, an exclusion the proxy never saw (or lost to gc) is dropped.
+         to, "--ignore-missing"});
     for (const auto& x : exclude) {
-      if (auto s = checkRevision(x); !s) return done(s.error());
+      if (auto s = checkRevision(x); !s) return later(std::move(done), s.error());
       argv.push_back("^" + x);
     }
     argv.push_back("--");  // revisions above, never paths
-    state_->git(spec(std::move(argv), kLocalTimeout), [to, done = std::move(done)](ProcessResult r) {
-      if (!r.ok()) return done(failure("git log " + to, std::move(r)));
-      done(parseLog(r.out));
-    });
+    state_->git(spec(std::move(argv), kLocalTimeout),
+                [to, done = std::move(done)](ProcessResult r) {
+                  if (!r.ok()) return done(failure("git log " + to, std::move(r)));
+                  done(parseLog(r.out));
+                });
   }
 
   std::shared_ptr<Running> exportTree(const Repo& repo, const std::string& revision,
@@ -270,7 +293,7 @@ class GitVcs final : public Vcs {
     Status valid = checkRepo(repo, false);
     if (valid) valid = checkRevision(revision);
     if (!valid) {
-      done(valid.error());
+      later(std::move(done), valid.error());
       return nullptr;
     }
     return state_->git(
@@ -283,21 +306,33 @@ class GitVcs final : public Vcs {
 
   void treeDigest(const Repo& repo, const std::string& revision,
                   std::function<void(Result<std::string>)> done) override {
-    if (auto s = checkRepo(repo, false); !s) return done(s.error());
-    if (auto s = checkRevision(revision); !s) return done(s.error());
+    if (auto s = checkRepo(repo, false); !s) return later(std::move(done), s.error());
+    if (auto s = checkRevision(revision); !s) return later(std::move(done), s.error());
     auto argv = inProxy(repo, {"rev-parse", "--verify", "--quiet", revision + "^{tree}"});
-    state_->git(spec(std::move(argv), kLocalTimeout), [revision, done = std::move(done)](ProcessResult r) {
-      if (!r.ok()) return done(failure("git rev-parse " + revision + "^{tree}", std::move(r)));
-      std::string tree = trimmed(std::move(r.out));
-      if (!isObjectId(tree)) return done(Error{"git rev-parse printed no tree id for " + revision});
-      done(std::move(tree));
-    });
+    state_->git(spec(std::move(argv), kLocalTimeout),
+                [revision, done = std::move(done)](ProcessResult r) {
+                  if (!r.ok())
+                    return done(failure("git rev-parse " + revision + "^{tree}", std::move(r)));
+                  std::string tree = trimmed(std::move(r.out));
+                  if (!isObjectId(tree))
+                    return done(Error{"git rev-parse printed no tree id for " + revision});
+                  done(std::move(tree));
+                });
   }
 
   void forget(const Repo& repo, std::function<void(Status)> done) override {
-    if (auto s = checkRepo(repo, false); !s) return done(s.error());
+    if (auto s = checkRepo(repo, false); !s) return later(std::move(done), s.error());
+    // A pruning fetch from the proxy itself of a pattern that matches nothing:
+    // git deletes every ref under the prefix, in one process, and no object.
+    // (`update-ref --stdin` would need a stdin, which ProcessSpec lacks.)
+    // clang-format off
+    std::vector<std::string> argv{"git", "--git-dir=.", "fetch", "--quiet", "--prune", "--no-tags",
+        "--no-write-fetch-head", "--end-of-options", ".",
+        "+refs/pefnos-forget-nothing/*:" + repo.ref_prefix + "*"};
+    // clang-format on
     std::weak_ptr<State> weak = state_;
-    state_->serialise(repo.proxy, [weak, repo, done = std::move(done)](std::function<void()> release) {
+    state_->serialise(repo.proxy, [weak, repo, argv = std::move(argv),
+                                   done = std::move(done)](std::function<void()> release) mutable {
       auto self = weak.lock();
       if (!self) return;
       std::error_code ec;
@@ -305,17 +340,12 @@ class GitVcs final : public Vcs {
         release();
         return done(ok());
       }
-      // Pruning fetch from the proxy itself, of a pattern that matches nothing:
-      // git deletes every ref under the prefix in one process and one ref
-      // transaction, and no object. (`update-ref --stdin` would need a stdin
-      // that ProcessSpec does not offer.)
-      std::vector<std::string> argv = {"git", "--git-dir=.", "fetch", "--quiet", "--prune",
-                                       "--no-tags", "--no-write-fetch-head", "--end-of-options", ".",
-                                       "+refs/pefnos-forget-nothing/*:" + repo.ref_prefix + "*"};
-      self->git(spec(std::move(argv), kLocalTimeout, repo.proxy), [repo, release, done](ProcessResult r) {
+      auto forgotten = [repo, release, done](ProcessResult r) {
         release();
-        done(r.ok() ? ok() : Status(failure("forgetting " + repo.ref_prefix + " in " + repo.proxy, std::move(r))));
-      });
+        if (r.ok()) return done(ok());
+        done(failure("forgetting " + repo.ref_prefix + " in " + repo.proxy, std::move(r)));
+      };
+      self->git(spec(std::move(argv), kLocalTimeout, repo.proxy), forgotten);
     });
   }
 
@@ -333,6 +363,7 @@ class GitVcs final : public Vcs {
     return ok();
   }
 
+  Host& host_;
   std::shared_ptr<State> state_;
 };
 
@@ -341,8 +372,13 @@ std::unique_ptr<Vcs> makeGitVcs(Host& host) { return std::make_unique<GitVcs>(ho
 }  // namespace
 
 const PluginDescriptor& describe() {
-  static const PluginDescriptor d{kPluginAbiVersion, PluginKind::vcs, "git", "1.0",
-                                  "Git repositories, through the git program", &makeGitVcs, nullptr};
+  static const PluginDescriptor d{.abi_version = kPluginAbiVersion,
+                                  .kind = PluginKind::vcs,
+                                  .name = "git",
+                                  .version = "1.0",
+                                  .description = "Git, through the git program",
+                                  .make_vcs = &makeGitVcs,
+                                  .make_step = nullptr};
   return d;
 }
 

@@ -16,7 +16,14 @@ bool validComponent(std::string_view c) {
     auto u = static_cast<unsigned char>(ch);
     if (u < 0x20 || u == 0x7f) return false;
     switch (ch) {
-      case ' ': case ':': case '?': case '[': case '\\': case '^': case '~': case '*':
+      case ' ':
+      case ':':
+      case '?':
+      case '[':
+      case '\\':
+      case '^':
+      case '~':
+      case '*':
         return false;
       case '.':
         if (previous == '.') return false;  // ".."
@@ -44,7 +51,8 @@ bool isValidRefName(std::string_view ref) {
   size_t start = 0;
   for (;;) {
     size_t slash = ref.find('/', start);
-    if (!validComponent(ref.substr(start, slash - start))) return false;  // also: "//", leading or trailing '/'
+    if (!validComponent(ref.substr(start, slash - start)))
+      return false;  // also: "//", leading or trailing '/'
     if (slash == std::string_view::npos) return true;
     start = slash + 1;
   }
@@ -100,7 +108,8 @@ Result<std::vector<CommitInfo>> parseLog(std::string_view out) {
       field = out.substr(pos, nul - pos);
       pos = nul + 1;
     }
-    if (!isObjectId(f[0])) return Error{"git log printed a malformed revision: " + std::string(f[0])};
+    if (!isObjectId(f[0]))
+      return Error{"git log printed a malformed revision: " + std::string(f[0])};
     CommitInfo c;
     c.revision = f[0];
     for (size_t start = 0; start < f[1].size();) {
@@ -143,13 +152,27 @@ std::string unquotePath(std::string_view line) {
     }
     char e = s[++i];
     switch (e) {
-      case 'a': path += '\a'; break;
-      case 'b': path += '\b'; break;
-      case 't': path += '\t'; break;
-      case 'n': path += '\n'; break;
-      case 'v': path += '\v'; break;
-      case 'f': path += '\f'; break;
-      case 'r': path += '\r'; break;
+      case 'a':
+        path += '\a';
+        break;
+      case 'b':
+        path += '\b';
+        break;
+      case 't':
+        path += '\t';
+        break;
+      case 'n':
+        path += '\n';
+        break;
+      case 'v':
+        path += '\v';
+        break;
+      case 'f':
+        path += '\f';
+        break;
+      case 'r':
+        path += '\r';
+        break;
       default:
         if (e >= '0' && e <= '3' && i + 2 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '7' &&
             s[i + 2] >= '0' && s[i + 2] <= '7') {

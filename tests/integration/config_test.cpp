@@ -30,7 +30,7 @@ int configRows(test::TestDatabase& db) {
       "SELECT (SELECT count(*) FROM pefnos.project) + (SELECT count(*) FROM pefnos.repository)"
       " + (SELECT count(*) FROM pefnos.branch) + (SELECT count(*) FROM pefnos.builder)"
       " + (SELECT count(*) FROM pefnos.builder_branch) + (SELECT count(*) FROM pefnos.worker)"
-      " + (SELECT count(*) FROM pefnos.mirror)"));
+      " + (SELECT count(*) FROM pefnos.mirror) + (SELECT count(*) FROM pefnos.plugin_directory)"));
 }
 
 std::string joined(const std::vector<std::string>& lines) {
@@ -67,7 +67,8 @@ json fullDocument() {
        "target": {"project": "zeta", "repository": "upstream", "branch": "from-git"}},
       {"name": "coll", "kind": "collection", "collection": "c1", "delay": 0, "verify": "sample",
        "source": {"project": "alpha", "repository": "base", "branch": "main"},
-       "target": {"project": "alpha", "repository": "fork", "branch": "base-main"}}]
+       "target": {"project": "alpha", "repository": "fork", "branch": "base-main"}}],
+    "plugin_directories": [{"path": "/srv/pefnos/plugins"}, {"path": "/opt/vendor/pefnos", "active": false}]
   })");
 }
 
@@ -116,6 +117,9 @@ TEST(ConfigImport, ExportFillsDefaultsAndSortsByName) {
   EXPECT_EQ(doc["mirrors"][1]["verify"], "all");
   EXPECT_EQ(doc["projects"][0]["builders"][0]["branches"][2],
             json({{"repository", "zeta/upstream"}, {"branch", "trunk"}, {"active", true}}));
+  EXPECT_EQ(doc["plugin_directories"],
+            json::parse(R"([{"path": "/opt/vendor/pefnos", "active": false},
+                            {"path": "/srv/pefnos/plugins", "active": true}])"));
 }
 
 TEST(ConfigImport, ReimportLeavesEveryRowUntouchedAndNotifiesNothing) {
@@ -126,7 +130,8 @@ TEST(ConfigImport, ReimportLeavesEveryRowUntouchedAndNotifiesNothing) {
       " UNION ALL SELECT updated_at FROM pefnos.repository UNION ALL SELECT updated_at FROM "
       "pefnos.branch UNION ALL SELECT updated_at FROM pefnos.builder UNION ALL SELECT updated_at"
       " FROM pefnos.builder_branch UNION ALL SELECT updated_at FROM pefnos.worker"
-      " UNION ALL SELECT updated_at FROM pefnos.mirror) s";
+      " UNION ALL SELECT updated_at FROM pefnos.mirror"
+      " UNION ALL SELECT updated_at FROM pefnos.plugin_directory) s";
   std::string before = db.scalar(stamps);
   int rows = configRows(db);
 
@@ -168,6 +173,42 @@ TEST(ConfigImport, ChangedFieldUpdatesOnlyItsRow) {
   EXPECT_EQ(report.unchanged, rows - 2);
   EXPECT_EQ(db.scalar("SELECT poll_interval FROM pefnos.repository WHERE name = 'base'"), "90");
   EXPECT_EQ(db.scalar("SELECT tags->>'os' FROM pefnos.worker WHERE name = 'w2'"), "debian");
+}
+
+TEST(ConfigImport, PluginDirectoriesAreUpsertedByPath) {
+  test::TestDatabase db;
+  ImportReport report =
+      importConfig(db.conn(), json::parse(R"({"plugin_directories": [{"path": "/a"}]})"));
+  ASSERT_TRUE(report.errors.empty()) << joined(report.errors);
+  EXPECT_EQ(report.created, 1);
+  report = importConfig(db.conn(), json::parse(R"({"plugin_directories": [
+    {"path": "/b"}, {"path": "/a", "active": false}]})"));
+  ASSERT_TRUE(report.errors.empty()) << joined(report.errors);
+  EXPECT_EQ(report.created, 1);
+  EXPECT_EQ(report.updated, 1);
+  EXPECT_EQ(db.scalar("SELECT string_agg(path || ' ' || active, ',' ORDER BY path) "
+                      "FROM pefnos.plugin_directory"),
+            "/a false,/b true");
+}
+
+TEST(ConfigImport, BadPluginDirectoriesAreAllReportedAndNothingIsWritten) {
+  test::TestDatabase db;
+  ImportReport report = importConfig(db.conn(), json::parse(R"({"plugin_directories": [
+    {"path": "relative/dir"}, {"path": "/a"}, {"path": "/a", "active": false}, {"active": true},
+    {"path": "/b", "owner": "me"}, {"path": "/c\nd"}, {"path": 7}, "/d"]})"));
+  std::vector<std::string> expected = {
+      "/plugin_directories/0/path: expected an absolute path, got \"relative/dir\"",
+      "/plugin_directories/2/path: duplicate plugin directory \"/a\" (also at "
+      "/plugin_directories/1)",
+      "/plugin_directories/3: missing required field \"path\"",
+      "/plugin_directories/4/owner: unknown field",
+      "/plugin_directories/5/path: control characters are not allowed",
+      "/plugin_directories/6/path: expected a string, got a number",
+      "/plugin_directories/7: expected an object, got a string"};
+  for (const auto& line : expected)
+    EXPECT_TRUE(contains(report.errors, line)) << line << "\nin:\n" << joined(report.errors);
+  EXPECT_EQ(report.errors.size(), expected.size()) << joined(report.errors);
+  EXPECT_EQ(configRows(db), 0);
 }
 
 TEST(ConfigImport, RowsAbsentFromTheDocumentAreLeftAlone) {
@@ -362,6 +403,7 @@ TEST_F(ConfigModel, InitialLoadSeesEveryRow) {
   EXPECT_EQ(model->builderBranches().size(), 3u);
   EXPECT_EQ(model->workers().size(), 1u);
   EXPECT_TRUE(model->mirrors().empty());
+  EXPECT_TRUE(model->pluginDirectories().empty());
 
   auto fork = model->repository(idOf("SELECT id FROM pefnos.repository WHERE name = 'demo-fork'"));
   ASSERT_TRUE(fork);
@@ -470,6 +512,28 @@ TEST_F(ConfigModel, MalformedNotificationIsRecordedAndTheModelKeepsWorking) {
   db.scalar("UPDATE pefnos.worker SET slots = 5");
   ASSERT_TRUE(runUntil([&] { return model->workers().begin()->second->slots == 5; }));
   EXPECT_EQ(changes.size(), 1u);
+}
+
+TEST_F(ConfigModel, PluginDirectoryRowsAreModelledAndSaidToWaitForARestart) {
+  startListening();
+  testing::internal::CaptureStderr();
+  int dir = idOf("INSERT INTO pefnos.plugin_directory (path) VALUES ('/opt/p') RETURNING id");
+  ASSERT_TRUE(runUntil([&] { return model->pluginDirectory(dir) != nullptr; }));
+  db.scalar("UPDATE pefnos.plugin_directory SET active = false");
+  ASSERT_TRUE(runUntil([&] { return !model->pluginDirectory(dir)->active; }));
+  std::string logged = testing::internal::GetCapturedStderr();
+
+  EXPECT_EQ(model->pluginDirectory(dir)->path, "/opt/p");
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_EQ(changes[0].table, "plugin_directory");
+  EXPECT_EQ(changes[0].kind, Change::Kind::added);
+  EXPECT_NE(logged.find("plugin directory /opt/p added: plugin directories are read when the "
+                        "master starts; the change takes effect when it restarts"),
+            std::string::npos)
+      << logged;
+  EXPECT_NE(logged.find("plugin directory /opt/p deactivated"), std::string::npos) << logged;
+  // Not an error: nothing was recorded as one.
+  EXPECT_EQ(db.scalar("SELECT count(*) FROM pefnos.event WHERE source = 'config'"), "0");
 }
 
 TEST_F(ConfigModel, ReconnectedListenerCatchesUpOnChangesItMissed) {

@@ -39,6 +39,7 @@ class CountingHost : public Host {
     started(spec);
     return inner_.stream(std::move(spec), std::move(on_out), finished(std::move(done)));
   }
+  void post(std::function<void()> fn) override { inner_.post(std::move(fn)); }
   void log(LogLevel level, std::string_view message) override {
     logged.emplace_back(message);
     inner_.log(level, message);
@@ -194,7 +195,8 @@ class VcsGitTest : public ::testing::Test {
     return await<Status>([&](auto done) { vcs->updateProxy(r, branches, done); });
   }
   Result<std::vector<CommitInfo>> listCommits(const Repo& r, const std::string& to,
-                                              const std::vector<std::string>& exclude, size_t limit) {
+                                              const std::vector<std::string>& exclude,
+                                              size_t limit) {
     return await<Result<std::vector<CommitInfo>>>(
         [&](auto done) { vcs->listCommits(r, to, exclude, limit, done); });
   }
@@ -238,11 +240,14 @@ TEST_F(VcsGitTest, ListHeadsReturnsEveryBranchInOneCall) {
 
 TEST_F(VcsGitTest, ListCommitsAcrossAMergeGivesParentsFilesMessagesDatesOldestFirst) {
   std::string up = makeUpstream("up");
-  std::string root = commitFile(up, "a.txt", "root", {"2024-01-01T10:00:00+02:00", "2024-01-01T11:00:00+02:00"});
+  std::string root =
+      commitFile(up, "a.txt", "root", {"2024-01-01T10:00:00+02:00", "2024-01-01T11:00:00+02:00"});
   git(up, {"checkout", "-q", "-b", "side"});
-  std::string side = commitFile(up, "dir/b.txt", "side", {"2024-01-02T10:00:00-05:00", "2024-01-02T12:00:00Z"});
+  std::string side =
+      commitFile(up, "dir/b.txt", "side", {"2024-01-02T10:00:00-05:00", "2024-01-02T12:00:00Z"});
   git(up, {"checkout", "-q", "main"});
-  std::string mainline = commitFile(up, "c.txt", "mainline", {"2024-01-03T10:00:00+00:00", "2024-01-03T10:30:00+01:00"});
+  std::string mainline = commitFile(up, "c.txt", "mainline",
+                                    {"2024-01-03T10:00:00+00:00", "2024-01-03T10:30:00+01:00"});
   setenv("GIT_AUTHOR_DATE", "2024-01-04T09:08:07+05:30", 1);
   setenv("GIT_COMMITTER_DATE", "2024-01-05T01:02:03-03:00", 1);
   git(up, {"merge", "-q", "--no-ff", "side", "-m", "Merge side\n\nWith a body line."});
@@ -287,7 +292,8 @@ TEST_F(VcsGitTest, ListCommitsAcrossAMergeGivesParentsFilesMessagesDatesOldestFi
 TEST_F(VcsGitTest, ListCommitsLimitKeepsTheNewest) {
   std::string up = makeUpstream("up");
   std::vector<std::string> revs;
-  for (int i = 0; i < 5; ++i) revs.push_back(commitFile(up, "f" + std::to_string(i), "c" + std::to_string(i)));
+  for (int i = 0; i < 5; ++i)
+    revs.push_back(commitFile(up, "f" + std::to_string(i), "c" + std::to_string(i)));
   Repo r = repo(1, up);
   ASSERT_TRUE(updateProxy(r, {"main"}));
 
@@ -321,12 +327,35 @@ TEST_F(VcsGitTest, ListCommitsOfARevisionTheProxyLacksFails) {
 
   auto commits = listCommits(r, std::string(40, 'e'), {}, 10);
   ASSERT_FALSE(commits);
-  EXPECT_NE(commits.error().message.find(std::string(40, 'e')), std::string::npos) << commits.error().message;
+  EXPECT_NE(commits.error().message.find(std::string(40, 'e')), std::string::npos)
+      << commits.error().message;
+}
+
+TEST_F(VcsGitTest, ListCommitsReportsOddFileNamesExactly) {
+  std::string up = makeUpstream("up");
+  std::vector<std::string> names{"ünïcode ファイル.txt", "tab\there.txt", "quote\"d\\.txt",
+                                 "sep\x1e"
+                                 "record\x1f"
+                                 "field.txt",
+                                 "new\nline.txt"};
+  for (const auto& n : names) writeFile(fs::path(up) / n, "x\n");
+  std::string rev = commitAll(up, "odd names");
+  Repo r = repo(1, up);
+  ASSERT_TRUE(updateProxy(r, {"main"}));
+
+  auto commits = listCommits(r, rev, {}, 10);
+  ASSERT_TRUE(commits) << commits.error().message;
+  ASSERT_EQ(commits->size(), 1u);
+  auto files = commits->front().files;
+  std::sort(files.begin(), files.end());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(files, names);
 }
 
 TEST_F(VcsGitTest, AForkFetchedIntoTheSameProxyBringsOnlyItsNewObjects) {
   std::string up = makeUpstream("up");
-  for (int i = 0; i < 3; ++i) commitFile(up, "file" + std::to_string(i), "commit " + std::to_string(i));
+  for (int i = 0; i < 3; ++i)
+    commitFile(up, "file" + std::to_string(i), "commit " + std::to_string(i));
   std::string fork = tmp.path() + "/fork";
   auto [code, out] = test::run({"git", "clone", "-q", up, fork});
   ASSERT_EQ(code, 0) << out;
@@ -377,7 +406,8 @@ TEST_F(VcsGitTest, ExportTreeStreamsATarOfTheRevisionAsCommitted) {
 
   std::string tar;
   auto status = await<Status>([&](auto done) {
-    auto running = vcs->exportTree(r, rev, [&](std::string_view chunk) { tar.append(chunk); }, done);
+    auto running = vcs->exportTree(
+        r, rev, [&](std::string_view chunk) { tar.append(chunk); }, done);
     EXPECT_TRUE(running);
   });
   ASSERT_TRUE(status) << status.error().message;
@@ -416,7 +446,8 @@ TEST_F(VcsGitTest, AnUnreachableUpstreamGivesAnErrorNamingTheUrlAndGitsMessage) 
   auto updated = updateProxy(repo(1, gone), {"main"});
   ASSERT_FALSE(updated);
   EXPECT_NE(updated.error().message.find(gone), std::string::npos) << updated.error().message;
-  EXPECT_NE(updated.error().message.find("exited with 128"), std::string::npos) << updated.error().message;
+  EXPECT_NE(updated.error().message.find("exited with 128"), std::string::npos)
+      << updated.error().message;
 }
 
 TEST_F(VcsGitTest, HostileBranchNamesAndUrlsNeverBecomeGitOptions) {
@@ -429,7 +460,8 @@ TEST_F(VcsGitTest, HostileBranchNamesAndUrlsNeverBecomeGitOptions) {
 
   std::string up = makeUpstream("up");
   std::string main = commitFile(up, "a", "first");
-  git(up, {"update-ref", "refs/heads/" + option, "HEAD"});  // git allows it as a ref, not as a branch
+  git(up,
+      {"update-ref", "refs/heads/" + option, "HEAD"});  // git allows it as a ref, not as a branch
   Repo r = repo(1, up);
 
   auto heads = listHeads(r);
@@ -444,9 +476,15 @@ TEST_F(VcsGitTest, HostileBranchNamesAndUrlsNeverBecomeGitOptions) {
   EXPECT_FALSE(updateProxy(r, {"main:refs/heads/x"}));
   EXPECT_FALSE(updateProxy(r, {"a..b"}));
 
-  // A URL that looks like an option is a (missing) repository's name.
+  // A URL that looks like an option is a (missing) repository's name. Run from
+  // inside a clone: taken as an option, git would list the clone's origin with it.
+  std::string clone = tmp.path() + "/clone";
+  ASSERT_EQ(test::run({"git", "clone", "-q", up, clone}).first, 0);
+  fs::path cwd = fs::current_path();
+  fs::current_path(clone);
   EXPECT_FALSE(listHeads(repo(2, option)));
   EXPECT_FALSE(updateProxy(repo(2, option), {"main"}));
+  fs::current_path(cwd);
   // Revisions must be object ids.
   EXPECT_FALSE(listCommits(r, "--output=" + marker, {}, 10));
   EXPECT_FALSE(listCommits(r, main, {"--output=" + marker}, 10));
@@ -471,7 +509,8 @@ TEST_F(VcsGitTest, ForgetRemovesOnlyThatRepositorysRefsAndNoObjects) {
 
   auto forgotten = forget(gone);
   ASSERT_TRUE(forgotten) << forgotten.error().message;
-  auto [code, refs] = test::run({"git", "--git-dir=" + proxy, "for-each-ref", "--format=%(refname)"});
+  auto [code, refs] =
+      test::run({"git", "--git-dir=" + proxy, "for-each-ref", "--format=%(refname)"});
   EXPECT_EQ(linesOf(refs), std::vector<std::string>{"refs/pefnos/10/main"});
   auto commits = listCommits(parent, base, {}, 10);
   ASSERT_TRUE(commits) << commits.error().message;
@@ -493,12 +532,13 @@ TEST_F(VcsGitTest, ConcurrentUpdatesOfOneProxyRunOneAfterTheOther) {
   vcs->updateProxy(repo(1, up), {"main"}, [&](Status s) { first.emplace(std::move(s)); });
   vcs->updateProxy(repo(2, fork), {"main"}, [&](Status s) { second.emplace(std::move(s)); });
   vcs->forget(repo(1, up), [&](Status s) { third.emplace(std::move(s)); });
-  await<Status>([&](auto done) { vcs->updateProxy(repo(1, up), {"main"}, done); });
+  auto last = await<Status>([&](auto done) { vcs->updateProxy(repo(1, up), {"main"}, done); });
 
   ASSERT_TRUE(first && second && third);
   EXPECT_TRUE(*first);
   EXPECT_TRUE(*second) << second->error().message;
   EXPECT_TRUE(*third);
+  EXPECT_TRUE(last);
   EXPECT_EQ(host->most_in_flight, 1) << "two writers ran on one proxy at once";
   EXPECT_EQ(proxyRef("refs/pefnos/2/main"), extra);
   EXPECT_NE(proxyRef("refs/pefnos/1/main"), "");  // forgotten, then fetched again, in order

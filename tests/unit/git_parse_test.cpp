@@ -21,12 +21,20 @@ TEST(GitParse, ObjectIdsAreFullLowercaseHexOnly) {
 }
 
 TEST(GitParse, BranchNamesFollowGitsRules) {
-  for (const char* good : {"main", "feature/x", "a-b_c.d", "ünïcode/ブランチ", "v1.0", "a@b", "x=y"}) {
+  for (const char* good :
+       {"main", "feature/x", "a-b_c.d", "ünïcode/ブランチ", "v1.0", "a@b", "x=y"}) {
     EXPECT_TRUE(isValidBranchName(good)) << good;
   }
-  for (const std::string& bad : std::vector<std::string>{"", "-x", "--upload-pack=evil", "HEAD", "a..b", "a b", "a:b", "a~1", "a^", "a?", "a*", "a[",
-        "a\\b", ".hidden", "x/.hidden", "x.lock", "x.lock/y", "a//b", "/a", "a/", "a.", "@",
-        "a@{1}", "tab\there", "nl\nhere", "del\x7f", "\x01"s}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"",        "-x",        "--upload-pack=evil",
+                                "HEAD",    "a..b",      "a b",
+                                "a:b",     "a~1",       "a^",
+                                "a?",      "a*",        "a[",
+                                "a\\b",    ".hidden",   "x/.hidden",
+                                "x.lock",  "x.lock/y",  "a//b",
+                                "/a",      "a/",        "a.",
+                                "a@{1}",   "tab\there", "nl\nhere",
+                                "del\x7f", "\x01"s}) {
     EXPECT_FALSE(isValidBranchName(bad)) << bad;
   }
 }
@@ -49,7 +57,8 @@ TEST(GitParse, HeadsKeepValidBranchesAndReportTheRest) {
   EXPECT_EQ(parsed.heads[0].revision, a);
   EXPECT_EQ(parsed.heads[1].branch, "feature/ü");
   EXPECT_EQ(parsed.heads[1].revision, b);
-  EXPECT_EQ(parsed.refused, (std::vector<std::string>{"--upload-pack=x", "garbage", a + "\trefs/tags/v1"}));
+  EXPECT_EQ(parsed.refused,
+            (std::vector<std::string>{"--upload-pack=x", "garbage", a + "\trefs/tags/v1"}));
   EXPECT_TRUE(parseHeads("").heads.empty());
 }
 
