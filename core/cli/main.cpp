@@ -235,10 +235,13 @@ int main(int argc, char** argv) {
   ctl->require_subcommand(1);
   auto* ping = ctl->add_subcommand("ping", "a command that does nothing but answer");
   auto* reload = ctl->add_subcommand("reload", "re-read the whole configuration");
+  int poll_repository = 0;
+  auto* poll_now = ctl->add_subcommand("poll-now", "poll a repository at once");
+  poll_now->add_option("repository", poll_repository, "repository id")->required();
   auto* command = ctl->add_subcommand("command", "any command kind, with JSON arguments");
   command->add_option("kind", kind, "command kind")->required();
   command->add_option("args", args_json, "arguments, a JSON object");
-  for (auto* c : {ping, reload, command}) {
+  for (auto* c : {ping, reload, poll_now, command}) {
     addDbOptions(c, ctl_args);
     c->add_flag("--wait", wait, "wait for the outcome and print it");
     c->add_option("--timeout", timeout, "seconds to wait")->capture_default_str();
@@ -293,6 +296,10 @@ int main(int argc, char** argv) {
     if (*plugins_list) return listPlugins(plugins_db, plugin_dirs);
     if (*ping) return ctlCommand(ctl_args, "ping", "", wait, timeout);
     if (*reload) return ctlCommand(ctl_args, "reload", "", wait, timeout);
+    if (*poll_now) {
+      return ctlCommand(ctl_args, "poll-now",
+                        nlohmann::json{{"repository", poll_repository}}.dump(), wait, timeout);
+    }
     if (*command) return ctlCommand(ctl_args, kind, args_json, wait, timeout);
     for (auto* c : cluster_actions) {
       if (*c) {

@@ -299,6 +299,19 @@ TEST_F(SchedulerGit, ForkCycleIsRefusedByTheDatabase) {
                pqxx::sql_error);
 }
 
+TEST_F(SchedulerGit, CtlPollNowWaitsForTheReport) {
+  Upstream up(dir_.path(), "up");
+  up.commit("a", "one");
+  up.push("main");
+  int repo = addRepository("r", up.url());
+  addBranch(repo, "main");
+  startMaster();
+  auto [rc, out] = run({test::pefnosBinary(), "ctl", "poll-now", std::to_string(repo), "--wait",
+                        "--db", tdb_.conninfo()});
+  EXPECT_EQ(rc, 0) << out << master_->output();
+  EXPECT_NE(out.find("\"commits\": 1"), std::string::npos) << out;
+}
+
 TEST_F(SchedulerGit, PluginsListShowsGitLoaded) {
   auto [rc, out] = run({test::pefnosBinary(), "plugins", "list", "--db", tdb_.conninfo()});
   EXPECT_EQ(rc, 0) << out;
