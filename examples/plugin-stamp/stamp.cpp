@@ -78,8 +78,9 @@ class StampVcs final : public Vcs {
     std::string dir = repo.url;
     while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
     if (dir.empty() || dir.front() != '/') {
-      return done(Error{"stamp: the url of repository " + std::to_string(repo.id) +
-                        " must be an absolute directory path, not '" + repo.url + "'"});
+      return later(std::move(done),
+                   Error{"stamp: the url of repository " + std::to_string(repo.id) +
+                         " must be an absolute directory path, not '" + repo.url + "'"});
     }
     // -r: every file below dir (symbolic links are not followed); -Z: a NUL
     // after each file name, so names may hold any byte but NUL; -m1 -e '':
@@ -104,13 +105,13 @@ class StampVcs final : public Vcs {
   // The files are read where they are: there is nothing to bring in.
   void updateProxy(const Repo&, const std::vector<std::string>&,
                    std::function<void(Status)> done) override {
-    done(ok());
+    later(std::move(done), ok());
   }
 
   void listCommits(const Repo&, const std::string& to, const std::vector<std::string>&,
                    size_t limit,
                    std::function<void(Result<std::vector<CommitInfo>>)> done) override {
-    if (to.empty()) return done(Error{"stamp: no revision given"});
+    if (to.empty()) return later(std::move(done), Error{"stamp: no revision given"});
     std::vector<CommitInfo> commits;
     if (limit > 0) {
       CommitInfo c;
@@ -118,25 +119,37 @@ class StampVcs final : public Vcs {
       c.message = "stamp " + to;
       commits.push_back(std::move(c));
     }
-    done(std::move(commits));
+    later(std::move(done), std::move(commits));
   }
 
   std::shared_ptr<Running> exportTree(const Repo&, const std::string&,
                                       std::function<void(std::string_view)>,
                                       std::function<void(Status)> done) override {
-    done(Error{"exporting a tree is not supported by stamp: it keeps no trees"});
+    later(std::move(done), Error{"exporting a tree is not supported by stamp: it keeps no trees"});
     return nullptr;
   }
 
   void treeDigest(const Repo&, const std::string&,
                   std::function<void(Result<std::string>)> done) override {
-    done(Error{"tree digests are not supported by stamp: it keeps no trees"});
+    later(std::move(done), Error{"tree digests are not supported by stamp: it keeps no trees"});
   }
 
   // Nothing is kept for a repository, so there is nothing to drop.
-  void forget(const Repo&, std::function<void(Status)> done) override { done(ok()); }
+  void forget(const Repo&, std::function<void(Status)> done) override {
+    later(std::move(done), ok());
+  }
 
  private:
+  // A result known at once still reaches done from the loop, never from
+  // inside the call (callers need not be re-entrant), and never once this
+  // object is gone.
+  template <class Done, class Value>
+  void later(Done done, Value value) {
+    host_.post([alive = std::weak_ptr<bool>(alive_), done = std::move(done),
+                value = std::move(value)]() mutable {
+      if (!alive.expired()) done(std::move(value));
+    });
+  }
   void start(ProcessSpec spec, std::function<void(ProcessResult)> done) {
     std::erase_if(running_, [](const std::weak_ptr<Running>& r) { return r.expired(); });
     running_.push_back(host_.run(std::move(spec), std::move(done)));

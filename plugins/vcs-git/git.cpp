@@ -185,7 +185,10 @@ class GitVcs final : public Vcs {
   // from inside the call: callers need not be re-entrant.
   template <class Done, class Value>
   void later(Done done, Value value) {
-    host_.post([done = std::move(done), value = std::move(value)]() mutable { done(std::move(value)); });
+    std::weak_ptr<State> weak = state_;  // no callback after the Vcs is gone
+    host_.post([weak, done = std::move(done), value = std::move(value)]() mutable {
+      if (weak.lock()) done(std::move(value));
+    });
   }
 
   void listHeads(const Repo& repo, std::function<void(Result<std::vector<Head>>)> done) override {
