@@ -194,22 +194,41 @@ class GitVcs final : public Vcs {
   void listHeads(const Repo& repo, std::function<void(Result<std::vector<Head>>)> done) override {
     if (repo.url.empty())
       return later(std::move(done), Error{"repository " + std::to_string(repo.id) + " has no URL"});
-    // --heads asks the server for refs/heads/ only: one round trip whatever the branch count.
-    auto argv =
-        std::vector<std::string>{"git", "ls-remote", "--heads", "--end-of-options", repo.url};
     std::weak_ptr<State> weak = state_;
-    state_->git(spec(std::move(argv), kNetworkTimeout),
-                [weak, url = repo.url, done = std::move(done)](ProcessResult r) {
+    auto parsed = [weak, url = repo.url, done](ProcessResult r) {
+      ParsedHeads heads = parseHeads(r.out);
+      if (auto self = weak.lock(); self && !heads.refused.empty()) {
+        std::string names;
+        for (const auto& n : heads.refused) names += (names.empty() ? "'" : ", '") + n + "'";
+        self->host().log(LogLevel::warning,
+                         url + ": ignoring branches whose names git refuses: " + names);
+      }
+      done(std::move(heads.heads));
+    };
+    // --heads asks the server for refs/heads/ only: one round trip whatever the branch count.
+    auto lsRemote = [weak, url = repo.url, done, parsed] {
+      auto self = weak.lock();
+      if (!self) return;
+      self->git(spec({"git", "ls-remote", "--heads", "--end-of-options", url}, kNetworkTimeout),
+                [url, done, parsed](ProcessResult r) {
                   if (!r.ok()) return done(failure("git ls-remote " + url, std::move(r)));
-                  ParsedHeads parsed = parseHeads(r.out);
-                  if (auto self = weak.lock(); self && !parsed.refused.empty()) {
-                    std::string names;
-                    for (const auto& n : parsed.refused)
-                      names += (names.empty() ? "'" : ", '") + n + "'";
-                    self->host().log(LogLevel::warning,
-                                     url + ": ignoring branches whose names git refuses: " + names);
-                  }
-                  done(std::move(parsed.heads));
+                  parsed(std::move(r));
+                });
+    };
+    // A local bare upstream: reading its refs is one process instead of
+    // ls-remote's two (git and upload-pack), the bulk of a poll's cost. The
+    // output has ls-remote's shape. Anything else, or any failure (not bare,
+    // not ours to read), goes through ls-remote, whose error says why.
+    std::string path = repo.url.rfind("file://", 0) == 0 ? repo.url.substr(7) : repo.url;
+    if (path.empty() || path[0] != '/') return lsRemote();
+    std::error_code ec;  // one stat: a work tree's repository is its .git
+    if (std::filesystem::is_directory(path + "/.git", ec)) path += "/.git";
+    state_->git(spec({"git", "--git-dir=" + path, "for-each-ref",
+                      "--format=%(objectname)%09%(refname)", "refs/heads/"},
+                     kLocalTimeout),
+                [lsRemote, parsed](ProcessResult r) {
+                  if (!r.ok()) return lsRemote();
+                  parsed(std::move(r));
                 });
   }
 

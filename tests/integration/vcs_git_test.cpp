@@ -234,8 +234,9 @@ TEST_F(VcsGitTest, ListHeadsReturnsEveryBranchInOneCall) {
   std::map<std::string, std::string> want{
       {"main", main}, {"feature/deep/x", feature}, {"ünïcode/ブランチ", unicode}};
   EXPECT_EQ(got, want);
+  // A local upstream is read with one for-each-ref, not ls-remote's two processes.
   EXPECT_EQ(host->argvs.size(), 1u);
-  EXPECT_EQ(host->count("ls-remote"), 1u);
+  EXPECT_EQ(host->count("for-each-ref"), 1u);
 }
 
 TEST_F(VcsGitTest, ListCommitsAcrossAMergeGivesParentsFilesMessagesDatesOldestFirst) {
