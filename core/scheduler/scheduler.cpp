@@ -191,6 +191,8 @@ struct Scheduler::RepoState {
   // branch rows are unchanged, a poll has nothing to reconcile.
   size_t heads_hash = 0;
   bool branches_changed = true;
+  std::optional<Repo> last_repo;  // as last polled: what to forget when it goes
+  std::string vcs_name;
   int failures = 0;
   std::vector<std::function<void(Result<PollReport>)>> waiters;  // of the next poll to end
   std::vector<std::function<void(Result<PollReport>)>> running_waiters;
@@ -233,8 +235,10 @@ void Scheduler::schedule(int id) {
   auto repo = model_.repository(id);
   auto it = repos_.find(id);
   if (!repo || !repo->active) {
-    if (it != repos_.end() && !it->second->polling) repos_.erase(it);
-    else if (it != repos_.end()) it->second->timer.stop();
+    if (it == repos_.end()) return;
+    forget(*it->second);
+    if (!it->second->polling) repos_.erase(it);
+    else it->second->timer.stop();
     return;
   }
   if (it == repos_.end()) {
@@ -249,6 +253,20 @@ void Scheduler::schedule(int id) {
     state.interval_s = repo->poll_interval;
     if (!state.polling) arm(state, jittered(static_cast<uint64_t>(state.interval_s) * 1000));
   }
+}
+
+// A repository that is gone or inactive leaves the shared proxy: its refs go,
+// the objects its siblings share stay.
+void Scheduler::forget(RepoState& state) {
+  if (!state.last_repo) return;
+  auto vcs = vcs_.find(state.vcs_name);
+  if (vcs == vcs_.end() || !vcs->second) return;
+  Repo repo = *state.last_repo;
+  state.last_repo.reset();
+  vcs->second->forget(repo, [repo](Status s) {
+    if (!s) log::warning("scheduler", "cannot drop repository ", repo.id, " from its proxy: ", s.error().message);
+    else log::info("scheduler", "repository ", repo.id, " dropped from its proxy");
+  });
 }
 
 void Scheduler::arm(RepoState& state, uint64_t delay_ms) {
@@ -357,6 +375,8 @@ void Scheduler::beginPoll(int id) {
     return failEarly(Error{"no VCS plugin named '" + row->vcs + "' is loaded (loaded: " +
                       (loaded.empty() ? "none" : loaded) + ")"});
   }
+  state.last_repo = repo;
+  state.vcs_name = row->vcs;
   auto poll = std::make_shared<Poll>();
   poll->repository_id = id;
   poll->repo = repo;

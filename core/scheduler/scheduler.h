@@ -21,6 +21,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,6 +70,7 @@ class Scheduler {
   struct Poll;
   void schedule(int repository_id);
   void arm(RepoState& state, uint64_t delay_ms);
+  void forget(RepoState& state);
   void enqueue(int repository_id, bool urgent);
   void pump();
   void beginPoll(int repository_id);

@@ -221,6 +221,18 @@ TEST_F(SchedulerGit, ForksShareTheProxyAndCommitsAreRecordedOnce) {
             git({"-C", fork_up.work(), "rev-parse", "HEAD"}));
   auto [fsck_rc, fsck] = run({"git", "--git-dir", proxy, "fsck", "--no-progress"});
   EXPECT_EQ(fsck_rc, 0) << fsck;
+
+  // The fork goes: its refs leave the proxy, the parent's history stays whole.
+  tdb_.scalar("UPDATE pefnos.repository SET active = false WHERE id = " + std::to_string(fork));
+  const std::string fork_ref = "refs/pefnos/" + std::to_string(fork) + "/main";
+  EXPECT_TRUE(waitUntil([&] {
+    return run({"git", "--git-dir", proxy, "rev-parse", "--verify", "--quiet", fork_ref}).first != 0;
+  }, seconds(20))) << master_->output();
+  EXPECT_EQ(git({"--git-dir", proxy, "rev-parse", "refs/pefnos/" + std::to_string(parent) + "/main"}),
+            git({"--git-dir", parent_up.url(), "rev-parse", "main"}));
+  auto [fsck2_rc, fsck2] = run({"git", "--git-dir", proxy, "fsck", "--no-progress"});
+  EXPECT_EQ(fsck2_rc, 0) << fsck2;
+  pollNow(parent);
 }
 
 TEST_F(SchedulerGit, ForcePushMovesTheHeadBackAndKeepsHistoryRows) {
