@@ -1,5 +1,6 @@
 #include "core/master/master.h"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include "core/base/log.h"
@@ -185,6 +186,9 @@ void Master::recordEvent(const std::string& level, const std::string& source,
 }
 
 void Master::heartbeat() {
+  // Memory freed by bursts (a first poll cycle, a big import) goes back to
+  // the system instead of staying in malloc's per-thread arenas.
+  malloc_trim(0);
   if (db_->pending() > 0 && !db_->connected()) return;  // no pile-up while the server is away
   db_->transact<Done>(
       [name = options_.name](pqxx::work& tx) {
