@@ -190,7 +190,7 @@ struct Scheduler::RepoState {
   // The upstream heads of the last successful poll, hashed: when they and the
   // branch rows are unchanged, a poll has nothing to reconcile.
   size_t heads_hash = 0;
-  bool branches_changed = true;
+  uint64_t reconciled_generation = 0;  // config_generation_ at its last successful poll
   std::optional<Repo> last_repo;  // as last polled: what to forget when it goes
   std::string vcs_name;
   int failures = 0;
@@ -208,6 +208,7 @@ struct Scheduler::Poll {
   uint64_t started_ms = 0;
   std::vector<Head> heads;
   size_t heads_hash = 0;
+  uint64_t generation = 0;  // of the configuration it reconciled against
   Reconciled reconciled;
   std::vector<std::string> commits;  // per changed branch, a JSON array
   PollReport report;
@@ -225,7 +226,7 @@ void Scheduler::start() {
     if (c.table == "repository") schedule(c.id);
     if (c.table == "branch" || c.table == "builder_branch" || c.table == "builder") {
       // Cheap and always right: the next poll of every repository reconciles.
-      for (auto& [id, state] : repos_) state->branches_changed = true;
+      ++config_generation_;
     }
   });
 }
@@ -384,6 +385,7 @@ void Scheduler::beginPoll(int id) {
   poll->network_id = *root;
   poll->network = networkOf(poll->network_id);
   poll->started_ms = started;
+  poll->generation = config_generation_;
   // Step 1: every head of the upstream, in one call.
   vcs->listHeads(poll->repo, [this, poll, alive = std::weak_ptr<bool>(alive_)](
                                  Result<std::vector<Head>> heads) {
@@ -393,11 +395,10 @@ void Scheduler::beginPoll(int id) {
     poll->report.heads = static_cast<int>(poll->heads.size());
     poll->heads_hash = hashHeads(poll->heads);
     auto it = repos_.find(poll->repository_id);
-    if (it != repos_.end() && !it->second->branches_changed &&
+    if (it != repos_.end() && it->second->reconciled_generation == config_generation_ &&
         it->second->heads_hash == poll->heads_hash) {
       return endPoll(poll->repository_id, poll->report, poll->started_ms);  // nothing moved
     }
-    if (it != repos_.end()) it->second->branches_changed = false;
     reconcile(poll);
   });
 }
@@ -478,6 +479,7 @@ void Scheduler::record(std::shared_ptr<Poll> poll) {
           if (report) {
           if (auto it = repos_.find(poll->repository_id); it != repos_.end()) {
             it->second->heads_hash = poll->heads_hash;
+            it->second->reconciled_generation = poll->generation;
           }
         }
         endPoll(poll->repository_id, std::move(report), poll->started_ms);

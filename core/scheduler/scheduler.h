@@ -94,6 +94,7 @@ class Scheduler {
   uint64_t polls_done_ = 0;
   std::deque<int> ready_;  // due repositories waiting for a free poll slot
   int active_polls_ = 0;
+  uint64_t config_generation_ = 1;  // bumped by every change of branches and builders
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
