@@ -185,9 +185,8 @@ int listPlugins(const DbArgs& db, const std::vector<std::string>& extra_dirs) {
   try {
     pqxx::connection conn(conninfo);
     pqxx::read_transaction tx(conn);
-    for (const auto& r : tx.exec("SELECT path FROM pefnos.plugin_directory WHERE active ORDER BY id")) {
-      dirs.push_back(r[0].as<std::string>());
-    }
+    auto configured = config::activePluginDirectories(tx);
+    dirs.insert(dirs.end(), configured.begin(), configured.end());
   } catch (const std::exception& e) {
     std::cerr << "pefnos: (the configured plugin directories are not listed: cannot read them from "
               << describeConninfo(conninfo) << ")\n";

@@ -47,6 +47,9 @@ Result<ImportReport> importFile(pqxx::connection& conn, const std::string& path)
 // The canonical form: every field present, lists sorted by name (plugin
 // directories by path); discovered branches are left out.
 nlohmann::json exportConfig(pqxx::connection& conn);
+// The paths of the active plugin_directory rows, in the order they were added:
+// where a master (and `pefnos plugins list`) loads plugins from besides its own.
+std::vector<std::string> activePluginDirectories(pqxx::transaction_base& tx);
 
 // --- The in-memory model: immutable snapshots of rows (timestamps left out,
 // so a row equals its previous snapshot unless a configured value changed).

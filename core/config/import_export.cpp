@@ -755,4 +755,12 @@ json exportConfig(pqxx::connection& conn) {
   return doc;
 }
 
+std::vector<std::string> activePluginDirectories(pqxx::transaction_base& tx) {
+  std::vector<std::string> dirs;
+  for (const auto& r : tx.exec("SELECT path FROM pefnos.plugin_directory WHERE active ORDER BY id")) {
+    dirs.push_back(r[0].as<std::string>());
+  }
+  return dirs;
+}
+
 }  // namespace pefnos::config

@@ -39,11 +39,7 @@ void Master::start(std::function<void(Error)> on_fatal) {
       [](pqxx::connection& c) {
         if (auto s = db::checkSchema(c); !s) throw std::runtime_error(s.error().message);
         pqxx::read_transaction tx(c);
-        std::vector<std::string> dirs;
-        for (const auto& r : tx.exec("SELECT path FROM pefnos.plugin_directory WHERE active ORDER BY id")) {
-          dirs.push_back(r[0].as<std::string>());
-        }
-        return dirs;
+        return config::activePluginDirectories(tx);
       },
       [this, on_fatal = std::move(on_fatal)](Result<std::vector<std::string>> checked) {
         if (stopping_) return;
