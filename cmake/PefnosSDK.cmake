@@ -4,7 +4,9 @@
 # find_package(PefnosSDK) and never sees the rest of pefnos.
 include(CMakePackageConfigHelpers)
 
-# The plugin ABI version, read from the header that defines it.
+# The plugin ABI version, read from the header that defines it (a change to
+# the header re-runs configure).
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/include/pefnos/plugin.h)
 file(STRINGS ${PROJECT_SOURCE_DIR}/include/pefnos/plugin.h pefnos_abi_line
      REGEX "kPluginAbiVersion = [0-9]+;")
 string(REGEX MATCH "[0-9]+" PEFNOS_PLUGIN_ABI "${pefnos_abi_line}")

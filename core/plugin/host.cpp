@@ -40,6 +40,7 @@ class ProcessHost::Child : public Running, public std::enable_shared_from_this<C
     o.argv = spec_.argv;
     o.env = environmentWith(spec_.env);
     o.cwd = spec_.cwd.empty() ? "/" : spec_.cwd;
+    if (spec_.stdin_pipe) o.in = loop::ProcessOptions::Stdio::pipe;
     loop::Process::Callbacks cb;
     // Weak: a Child gone (host destroyed) must not be called.
     std::weak_ptr<Child> weak = shared_from_this();
@@ -85,6 +86,19 @@ class ProcessHost::Child : public Running, public std::enable_shared_from_this<C
   void kill() override {
     if (process_) (void)process_->kill(SIGKILL);
   }
+  void write(std::string data, std::function<void(bool)> written) override {
+    auto report = [this, written](bool ok) {
+      if (written) host_.post([written, ok] { written(ok); });  // never inside write()
+    };
+    if (!process_ || !spec_.stdin_pipe || finished_) return report(false);
+    auto status = process_->writeStdin(std::move(data), [written](Status s) {
+      if (written) written(static_cast<bool>(s));
+    });
+    if (!status) report(false);
+  }
+  void closeInput() override {
+    if (process_ && spec_.stdin_pipe && !finished_) (void)process_->closeStdin();
+  }
 
  private:
   void onStdout(std::string_view chunk) {
@@ -98,6 +112,7 @@ class ProcessHost::Child : public Running, public std::enable_shared_from_this<C
   }
 
   void finish(int status, int signal) {
+    finished_ = true;
     timer_.stop();
     result_.exit_code = status;
     result_.signal = signal;
@@ -114,6 +129,7 @@ class ProcessHost::Child : public Running, public std::enable_shared_from_this<C
   loop::Timer timer_;
   std::unique_ptr<loop::Process> process_;
   ProcessResult result_;
+  bool finished_ = false;
 };
 
 ProcessHost::ProcessHost(uv_loop_t* loop)

@@ -349,6 +349,9 @@ Repo Scheduler::repoFor(const config::Repository& row, int root) const {
   repo.url = row.url;
   repo.proxy = options_.proxy_root + "/" + row.vcs + "/" + std::to_string(root);
   repo.ref_prefix = "refs/pefnos/" + std::to_string(row.id) + "/";
+  for (const auto& [id, b] : model_.branches()) {
+    if (b->repository_id == row.id && b->active && !b->origin_id) repo.branches.push_back({b->name, b->pattern});
+  }
   return repo;
 }
 

@@ -19,7 +19,11 @@ struct ProcessSpec {
   std::vector<std::string> env{};   // "NAME=value" entries added to the host's environment
   std::string cwd{};                // empty: "/" (never wherever the daemon happened to start)
   size_t max_output = 64u << 20;  // run(): output beyond this fails the run (stream(): ignored)
-  int timeout_seconds = 600;      // then the process is killed and timed_out is set
+  int timeout_seconds = 600;      // then the process is killed and timed_out is set; 0: none
+  // The program reads what the plugin writes (Running::write); otherwise its
+  // stdin is /dev/null. For long-lived helpers speaking a line protocol, and
+  // for programs fed a stream (fast-import).
+  bool stdin_pipe = false;
 };
 
 struct ProcessResult {
@@ -43,6 +47,11 @@ class Running {
   virtual void pause() = 0;   // stop reading its output until resume()
   virtual void resume() = 0;
   virtual void kill() = 0;    // SIGKILL; done still runs, with the signal
+  // With spec.stdin_pipe: queues data for the program's stdin. written (if
+  // given) runs on the loop once the data is in the pipe, with false if the
+  // program is gone; a writer waits for it before writing more (back-pressure).
+  virtual void write(std::string data, std::function<void(bool written)> written = nullptr) = 0;
+  virtual void closeInput() = 0;  // EOF for the program, after what was queued
 };
 
 enum class LogLevel { debug, info, warning, error };

@@ -25,7 +25,8 @@
 namespace pefnos {
 
 // Bumped whenever a change to include/pefnos/ breaks plugins built before it.
-inline constexpr int kPluginAbiVersion = 1;
+// 2: ProcessSpec.stdin_pipe, Running::write/closeInput, Repo.branches.
+inline constexpr int kPluginAbiVersion = 2;
 
 enum class PluginKind : int { vcs = 1, step = 2 };
 

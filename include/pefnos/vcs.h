@@ -25,6 +25,14 @@ struct Repo {
   // share storage; each keeps its branches under its own ref_prefix.
   std::string proxy;
   std::string ref_prefix;  // e.g. "refs/pefnos/7/": this repository's namespace in the proxy
+  // The branches the configuration names for this repository: exact names and
+  // globs (pattern). A VCS that cannot list every branch cheaply (Subversion,
+  // where a branch is any directory) looks only where these point.
+  struct Branch {
+    std::string name;
+    bool pattern = false;
+  };
+  std::vector<Branch> branches;
 };
 
 struct Head {

@@ -185,7 +185,7 @@ class VcsGitTest : public ::testing::Test {
   }
 
   Repo repo(int id, const std::string& url) {
-    return Repo{id, url, proxy, "refs/pefnos/" + std::to_string(id) + "/"};
+    return Repo{id, url, proxy, "refs/pefnos/" + std::to_string(id) + "/", {}};
   }
 
   Result<std::vector<Head>> listHeads(const Repo& r) {
