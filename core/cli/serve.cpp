@@ -11,6 +11,8 @@
 #include "core/master/master.h"
 #include "core/plugin/plugin.h"
 
+extern char** environ;
+
 namespace pefnos::cli {
 namespace {
 
@@ -54,17 +56,42 @@ int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
   return rc;
 }
 
-// Runs git with argv for the demo's repositories; a failure is fatal to the demo.
+// Runs a VCS tool with argv for the demo's repositories; a failure is fatal
+// to the demo.
+void demoTool(std::vector<std::string> argv, std::vector<std::string> env = {}) {
+  loop::ProcessOptions o{.argv = argv};
+  if (!env.empty()) {
+    std::vector<std::string> all;
+    for (char** e = environ; *e; ++e) all.emplace_back(*e);
+    all.insert(all.end(), env.begin(), env.end());
+    o.env = std::move(all);
+  }
+  auto out = loop::runToCompletion(std::move(o));
+  std::string what = argv[0] + " " + argv[argv[0] == "git" ? 7 : 1];
+  if (!out) fail("cannot prepare the demo repositories: " + out.error().message);
+  if (out->exit_status != 0) fail("cannot prepare the demo repositories: " + what + " failed: " + out->err);
+}
+
 void demoGit(std::vector<std::string> args) {
   args.insert(args.begin(), {"git", "-c", "user.name=pefnos demo", "-c", "user.email=demo@localhost",
                              "-c", "init.defaultBranch=main"});
-  auto out = loop::runToCompletion(loop::ProcessOptions{.argv = args});
-  if (!out) fail("cannot prepare the demo repositories: " + out.error().message);
-  if (out->exit_status != 0) fail("cannot prepare the demo repositories: " + args[7] + " failed: " + out->err);
+  demoTool(std::move(args));
+}
+
+void demoBrz(std::vector<std::string> args) {
+  args.insert(args.begin(), "brz");
+  demoTool(std::move(args), {"BRZ_EMAIL=pefnos demo <demo@localhost>", "BRZ_LOG=/dev/null"});
+}
+
+void demoSvn(std::vector<std::string> args) {
+  args.insert(args.begin(), {"svn", "--non-interactive", "--username", "demo"});
+  demoTool(std::move(args));
 }
 
 // The demo configuration, with its repositories made real under dir on
-// first use: demo.git (main and feature/hello) and a fork of it.
+// first use: demo.git (main and feature/hello) and a fork of it, a Bazaar
+// branch (demo-bzr, its one branch is "trunk") and a Subversion repository
+// with the usual layout (demo-svn: trunk and branches/hello).
 nlohmann::json demoConfiguration(const std::string& file, const std::filesystem::path& dir) {
   std::ifstream in(file);
   if (!in) fail("cannot read the demo configuration " + file);
@@ -73,7 +100,7 @@ nlohmann::json demoConfiguration(const std::string& file, const std::filesystem:
   const std::string upstream = (dir / "demo.git").string(), fork = (dir / "demo-fork.git").string();
   const std::string work = (dir / "work").string();
   if (!std::filesystem::exists(upstream)) {
-    log::info("pefnos", "creating the demo repositories in ", dir.string());
+    log::info("pefnos", "creating the demo git repositories in ", dir.string());
     demoGit({"init", "-q", "--bare", upstream});
     demoGit({"init", "-q", work});
     std::ofstream(work + "/README") << "The pefnos demo repository.\n";
@@ -86,11 +113,32 @@ nlohmann::json demoConfiguration(const std::string& file, const std::filesystem:
     demoGit({"-C", work, "push", "-q", upstream, "HEAD:refs/heads/feature/hello"});
     demoGit({"clone", "-q", "--bare", upstream, fork});
   }
+  const std::string bzr = (dir / "demo-bzr").string();
+  if (!std::filesystem::exists(bzr)) {
+    log::info("pefnos", "creating the demo Bazaar branch in ", bzr);
+    demoBrz({"init", "-q", bzr});
+    std::ofstream(bzr + "/README") << "The pefnos demo branch, in Bazaar.\n";
+    demoBrz({"add", "-q", bzr});
+    demoBrz({"commit", "-q", "-m", "Start the Bazaar demo", bzr});
+  }
+  const std::string svn = (dir / "demo-svn").string(), svn_url = "file://" + svn;
+  if (!std::filesystem::exists(svn)) {
+    log::info("pefnos", "creating the demo Subversion repository in ", svn);
+    demoTool({"svnadmin", "create", svn});
+    demoSvn({"mkdir", "-q", "--parents", "-m", "The usual layout", svn_url + "/trunk",
+             svn_url + "/branches", svn_url + "/tags"});
+    const std::string readme = (dir / "svn-README").string();
+    std::ofstream(readme) << "The pefnos demo repository, in Subversion.\n";
+    demoSvn({"import", "-q", "-m", "Start the Subversion demo", readme, svn_url + "/trunk/README"});
+    demoSvn({"copy", "-q", "-m", "Branch hello", svn_url + "/trunk", svn_url + "/branches/hello"});
+  }
   for (auto& project : doc["projects"]) {
     if (project["name"] != "demo") continue;
     for (auto& repo : project["repositories"]) {
       if (repo["name"] == "demo") repo["url"] = upstream;
       if (repo["name"] == "demo-fork") repo["url"] = fork;
+      if (repo["name"] == "demo-bzr") repo["url"] = bzr;
+      if (repo["name"] == "demo-svn") repo["url"] = svn_url;
     }
   }
   return doc;

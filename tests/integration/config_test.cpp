@@ -80,8 +80,8 @@ TEST(ConfigImport, ExampleImportsAndExportsInItsCanonicalForm) {
   ImportReport report = importConfig(db.conn(), example);
   ASSERT_TRUE(report.errors.empty()) << joined(report.errors);
   // 1 project, 2 repositories, 3 branches, 2 builders, 3 builder branches, 1 worker.
-  EXPECT_EQ(report.created, 12);
-  EXPECT_EQ(configRows(db), 12);
+  EXPECT_EQ(report.created, 19);
+  EXPECT_EQ(configRows(db), 19);
   EXPECT_EQ(exportConfig(db.conn()), example) << exportConfig(db.conn()).dump(2);
 }
 
@@ -217,7 +217,7 @@ TEST(ConfigImport, RowsAbsentFromTheDocumentAreLeftAlone) {
   ImportReport report = importConfig(db.conn(), json::parse(R"({"workers": [{"name": "extra"}]})"));
   ASSERT_TRUE(report.errors.empty()) << joined(report.errors);
   EXPECT_EQ(report.created, 1);
-  EXPECT_EQ(configRows(db), 13);
+  EXPECT_EQ(configRows(db), 20);
 }
 
 TEST(ConfigImport, ReferencesResolveAgainstRowsAlreadyInTheDatabase) {
@@ -397,10 +397,10 @@ class ConfigModel : public ::testing::Test {
 TEST_F(ConfigModel, InitialLoadSeesEveryRow) {
   startListening();
   EXPECT_EQ(model->projects().size(), 1u);
-  EXPECT_EQ(model->repositories().size(), 2u);
-  EXPECT_EQ(model->branches().size(), 3u);
+  EXPECT_EQ(model->repositories().size(), 4u);
+  EXPECT_EQ(model->branches().size(), 6u);
   EXPECT_EQ(model->builders().size(), 2u);
-  EXPECT_EQ(model->builderBranches().size(), 3u);
+  EXPECT_EQ(model->builderBranches().size(), 5u);
   EXPECT_EQ(model->workers().size(), 1u);
   EXPECT_TRUE(model->mirrors().empty());
   EXPECT_TRUE(model->pluginDirectories().empty());
@@ -466,12 +466,12 @@ TEST_F(ConfigModel, InsertedAndDeletedRowsArriveIncrementally) {
   EXPECT_EQ(changes[0].kind, Change::Kind::added);
   EXPECT_EQ(changes[1].kind, Change::Kind::removed);
   EXPECT_EQ(changes[1].table, "builder_branch");
-  EXPECT_EQ(model->builderBranches().size(), 2u);
+  EXPECT_EQ(model->builderBranches().size(), 4u);
 }
 
 TEST_F(ConfigModel, ReloadFindsExactlyTheChangesMadeWhileNotListening) {
   // The listener is never started: no NOTIFY reaches the model.
-  EXPECT_EQ(reloadAndWait(), 12);
+  EXPECT_EQ(reloadAndWait(), 19);
   EXPECT_TRUE(model->loaded());
   auto workers_before = model->workers();
   changes.clear();
