@@ -2,6 +2,8 @@
 // printed as `scenario.metric value unit`.
 #pragma once
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,9 +27,25 @@ class BenchCluster {
 };
 
 void figure(const std::string& name, double value, const std::string& unit);
+
+// Programs and what they cost (bench/proc.cpp).
+int envInt(const char* name, int fallback);
+pid_t spawn(std::vector<std::string> argv);
+void runOk(std::vector<std::string> argv);  // throws unless it exits 0
+void stop(pid_t pid);                       // SIGTERM, then reaped
+// utime + stime in clock ticks: the process, its reaped children, and its
+// children still running (a long-lived helper).
+struct CpuTicks {
+  long long self = 0, children = 0, live_children = 0;
+  long long all() const { return self + children + live_children; }
+};
+CpuTicks cpuTicks(pid_t pid);
+double rssMb(pid_t pid);
+std::vector<pid_t> childrenOf(pid_t pid);
 double percentile(std::vector<double> samples, double p);
 
 int runNotify();
 int runPollGit();
+int runPollBzrSvn();
 
 }  // namespace pefnos::bench

@@ -27,8 +27,6 @@
 
 #include "bench.h"
 
-extern char** environ;
-
 namespace pefnos::bench {
 namespace {
 
@@ -36,62 +34,10 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 constexpr int kBranches = 10;
 
-int envInt(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : fallback;
-}
-
-pid_t spawn(std::vector<std::string> argv) {
-  std::vector<char*> args;
-  for (auto& a : argv) args.push_back(a.data());
-  args.push_back(nullptr);
-  pid_t pid;
-  if (posix_spawnp(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0) {
-    throw std::runtime_error("cannot start " + argv[0]);
-  }
-  return pid;
-}
-
-void runOk(std::vector<std::string> argv) {
-  pid_t pid = spawn(argv);
-  int status;
-  waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(argv[0] + " " + argv[1] + " failed");
-}
-
 std::vector<std::string> git(std::vector<std::string> args) {
   args.insert(args.begin(), {"git", "-c", "user.name=Bench", "-c", "user.email=b@example.org",
                              "-c", "init.defaultBranch=b0"});
   return args;
-}
-
-// utime + stime of the process, and of its reaped children, in clock ticks.
-struct CpuTicks {
-  long long self, children;
-};
-CpuTicks cpuTicks(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(in, line);
-  std::istringstream rest(line.substr(line.rfind(')') + 2));
-  std::vector<std::string> f;
-  for (std::string x; rest >> x;) f.push_back(x);
-  // Fields after the name: state is [0]; utime [11], stime [12], cutime [13], cstime [14].
-  return {std::stoll(f[11]) + std::stoll(f[12]), std::stoll(f[13]) + std::stoll(f[14])};
-}
-
-double rssMb(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string key; in >> key;) {
-    if (key == "VmRSS:") {
-      long kb;
-      in >> kb;
-      return kb / 1024.0;
-    }
-    std::string skip;
-    std::getline(in, skip);
-  }
-  return 0;
 }
 
 }  // namespace
@@ -161,7 +107,7 @@ int runPollGit() {
   const auto w0 = Clock::now();
   std::this_thread::sleep_for(std::chrono::seconds(window_s));
   const double wall = std::chrono::duration<double>(Clock::now() - w0).count();
-  const CpuTicks cpu1 = cpuTicks(master);
+  const CpuTicks cpu1 = cpuTicks(master);  // git children are reaped: all in children
   const long long polls = scalar(count_polls) - polls0;
   const double self_s = static_cast<double>(cpu1.self - cpu0.self) / ticks_per_s;
   const double children_s = static_cast<double>(cpu1.children - cpu0.children) / ticks_per_s;
@@ -199,9 +145,7 @@ int runPollGit() {
   figure("poll-git.push_to_request_p50_ms", percentile(samples, 50), "ms");
   figure("poll-git.push_to_request_p99_ms", percentile(samples, 99), "ms");
 
-  kill(master, SIGTERM);
-  int status;
-  waitpid(master, &status, 0);
+  stop(master);
   return 0;
 }
 

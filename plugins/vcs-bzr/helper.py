@@ -547,7 +547,10 @@ class Server:
             with self.deadlines_lock:
                 self.deadlines[rid] = (time.monotonic() + timeout, str(req.get("op")), timeout)
             self.pool.submit(self.handle, req)
-        # EOF: the plugin is gone; nobody waits for answers.
+        # EOF: no more requests. Finish those under way (the watchdog still
+        # bounds them), then leave without waiting for Python's teardown.
+        self.pool.shutdown(wait=True)
+        self.output.flush()
         os._exit(0)
 
 

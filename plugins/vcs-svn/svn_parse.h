@@ -64,8 +64,9 @@ class BranchSearch {
     bool directory = false;
     Revnum last_changed = 0;  // <commit revision=…>
   };
-  // A listed directory's entries; nullopt when the target did not exist.
-  using Listing = std::optional<std::vector<Entry>>;
+  // A listed directory's entries; empty too when it does not exist (a layout
+  // without tags/ simply has no tags).
+  using Listing = std::vector<Entry>;
 
   // Fails on an invalid branch name or glob.
   static Result<BranchSearch> make(const std::vector<Repo::Branch>& branches);
@@ -96,8 +97,8 @@ class BranchSearch {
 };
 
 // `svn list --xml` output: one listing per target, in target order. A
-// missing target has an empty <list>; whether it was missing is the
-// caller's to know (listingsMissing() on svn's stderr).
+// missing target has an empty <list>, like an empty directory (svn's exit
+// status and onlyMissingTargets() tell them apart, for all targets at once).
 Result<std::vector<std::vector<BranchSearch::Entry>>> parseLists(std::string_view xml);
 
 // True when svn failed only because some targets do not exist (E200009 and

@@ -47,18 +47,28 @@ TEST(Up, DemoServesCommandsAndCtrlCLeavesNoProcessBehind) {
     auto [rc2, exported] = run({bin, "config", "export", "--home", home});
     EXPECT_EQ(rc2, 0) << exported;
     EXPECT_NE(exported.find("\"demo\""), std::string::npos) << exported;
-    // The demo's git repositories are polled: their commits and discovered branches appear.
+    // The demo's git, Bazaar and Subversion repositories are polled: their
+    // commits and discovered branches appear.
     const std::string conninfo = cluster::conninfo(cluster::layoutFor(home));
     auto scalar = [&](const std::string& sql) {
       pqxx::connection c(conninfo);
       pqxx::nontransaction tx(c);
       return tx.exec(sql)[0][0].as<std::string>();
     };
-    EXPECT_TRUE(waitUntil([&] { return scalar("SELECT count(*) FROM pefnos.branch_head") == "3"; },
+    // git: main, feature/hello, the fork's main; bzr: trunk; svn: trunk, branches/hello.
+    EXPECT_TRUE(waitUntil([&] { return scalar("SELECT count(*) FROM pefnos.branch_head") == "6"; },
                           seconds(30)))
         << up.output();
-    EXPECT_EQ(scalar("SELECT count(*) FROM pefnos.commit"), "2");
-    EXPECT_EQ(scalar("SELECT count(*) FROM pefnos.branch WHERE name = 'feature/hello' AND active"), "1");
+    EXPECT_EQ(scalar("SELECT string_agg(vcs || ' ' || n, ', ' ORDER BY vcs) FROM (SELECT r.vcs, "
+                     "count(*) AS n FROM pefnos.commit c JOIN pefnos.repository r ON r.id = "
+                     "c.network_id GROUP BY r.vcs) AS per_vcs"),
+              "bzr 1, git 2, svn 3");
+    EXPECT_EQ(scalar("SELECT count(*) FROM pefnos.branch WHERE name IN ('feature/hello', "
+                     "'branches/hello') AND active"),
+              "2");
+    EXPECT_EQ(scalar("SELECT count(*) FROM pefnos.commit WHERE message IN ('Start the Bazaar "
+                     "demo', 'Start the Subversion demo')"),
+              "2");
 
     EXPECT_EQ(up.stop(SIGINT, seconds(60)), 0) << up.output();
     EXPECT_FALSE(postmasterPid(home).has_value()) << "the server's pid file is still there";
