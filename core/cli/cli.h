@@ -26,6 +26,10 @@ struct DbArgs {
 // --db, else --home's cluster, else PEFNOS_DB, else PEFNOS_HOME's or the
 // default home's cluster if it exists, else "" (libpq's PG* defaults).
 std::string resolveConninfo(const DbArgs& args);
+// A connection for a one-shot command, or a clear failure.
+std::unique_ptr<pqxx::connection> connectOrExit(const DbArgs& args);
+// Runs the loop until its last close callbacks, closes it; returns rc.
+int closeLoop(uv_loop_t* loop, int rc);
 // The connection string without its password, for messages.
 std::string describeConninfo(const std::string& conninfo);
 
@@ -37,7 +41,21 @@ struct ServeArgs {
   std::string state_dir;                 // default: HOME/state
   std::vector<std::string> plugin_dirs;  // --plugin-dir
   cluster::Options cluster;
+  std::string workers = "127.0.0.1:7420";  // --workers; "none": no workers
+  int local_slots = 2;                     // up: slots of the local worker
 };
+
+// `pefnos worker`.
+struct WorkerArgs {
+  std::string master = "127.0.0.1:7420";
+  std::string name, secret_file, workdir;
+  std::string tags;  // k=v,k=v
+  int slots = 1;
+};
+int runWorker(const WorkerArgs& args);
+// `pefnos ctl worker-secret NAME`: sets the worker's verifier from a secret
+// file (made, with a random secret, when it does not exist).
+int workerSecret(const DbArgs& db, const std::string& name, const std::string& secret_file);
 int runUp(const ServeArgs& args);
 int runMaster(const ServeArgs& args);
 // `pefnos plugins list`: what loads and what is refused, and why.

@@ -16,6 +16,15 @@
 #include "core/db/migrate.h"
 
 namespace pefnos::cli {
+std::unique_ptr<pqxx::connection> connectOrExit(const DbArgs& a) {
+  std::string conninfo = resolveConninfo(a);
+  try {
+    return std::make_unique<pqxx::connection>(conninfo);
+  } catch (const std::exception& e) {
+    fail("cannot connect to the database (" + describeConninfo(conninfo) + "): " + e.what());
+  }
+}
+
 namespace {
 
 void addDbOptions(CLI::App* cmd, DbArgs& a) {
@@ -25,14 +34,6 @@ void addDbOptions(CLI::App* cmd, DbArgs& a) {
   cmd->add_option("--home", a.home, "use the embedded cluster of this pefnos home (also PEFNOS_HOME)");
 }
 
-std::unique_ptr<pqxx::connection> connectOrExit(const DbArgs& a) {
-  std::string conninfo = resolveConninfo(a);
-  try {
-    return std::make_unique<pqxx::connection>(conninfo);
-  } catch (const std::exception& e) {
-    fail("cannot connect to the database (" + describeConninfo(conninfo) + "): " + e.what());
-  }
-}
 
 int dbMigrate(const DbArgs& a) {
   auto conn = connectOrExit(a);
@@ -187,6 +188,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   up->add_option("--name", up_args.name, "master name (default: the host name)");
   up->add_option("--plugin-dir", up_args.plugin_dirs, "also load plugins from this directory");
+  up->add_option("--workers", up_args.workers,
+                 "where workers connect, HOST:PORT (port 0: any free one), or none; a local "
+                 "worker named 'local' connects here")
+      ->capture_default_str();
+  up->add_option("--local-slots", up_args.local_slots, "builds the local worker runs at once")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
 
   // master
   ServeArgs master_args;
@@ -197,10 +205,32 @@ int main(int argc, char** argv) {
   master->add_option("--state-dir", master_args.state_dir,
                      "where proxies of upstream repositories live (default: HOME/state)");
   master->add_option("--plugin-dir", master_args.plugin_dirs, "also load plugins from this directory");
+  master->add_option("--workers", master_args.workers,
+                     "where workers connect, HOST:PORT (port 0: any free one), or none")
+      ->capture_default_str();
   master->add_option("--db-connections", master_args.db_connections,
                      "database connections for queries")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+
+  // worker
+  WorkerArgs worker_args;
+  auto* worker = app.add_subcommand(
+      "worker", "run builds for a master: connects to it, proves its secret, runs the commands "
+                "it is given and streams their output back");
+  worker->add_option("--master", worker_args.master, "the master's HOST:PORT (a numeric address)")
+      ->capture_default_str();
+  worker->add_option("--name", worker_args.name, "this worker's name (a row of pefnos.worker)")
+      ->required();
+  worker->add_option("--secret-file", worker_args.secret_file,
+                     "file holding this worker's secret (mode 600); see `pefnos ctl worker-secret`")
+      ->required();
+  worker->add_option("--tags", worker_args.tags, "tags this worker offers, k=v,k=v");
+  worker->add_option("--slots", worker_args.slots, "builds run at once")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  worker->add_option("--workdir", worker_args.workdir,
+                     "where build directories are made (default: ./pefnos-work)");
 
   // db
   DbArgs db_args;
@@ -241,7 +271,23 @@ int main(int argc, char** argv) {
   auto* command = ctl->add_subcommand("command", "any command kind, with JSON arguments");
   command->add_option("kind", kind, "command kind")->required();
   command->add_option("args", args_json, "arguments, a JSON object");
-  for (auto* c : {ping, reload, poll_now, command}) {
+  int force_builder = 0, force_branch = 0;
+  std::string force_revision;
+  auto* force = ctl->add_subcommand("force-build", "queue a build of a branch (its head, or a revision)");
+  force->add_option("builder", force_builder, "builder id")->required();
+  force->add_option("branch", force_branch, "branch id")->required();
+  force->add_option("revision", force_revision, "revision (default: the branch's head)");
+  long long stop_build = 0;
+  auto* stop = ctl->add_subcommand("stop", "stop a running build");
+  stop->add_option("build", stop_build, "build id")->required();
+  std::string secret_worker, secret_file;
+  auto* worker_secret = ctl->add_subcommand(
+      "worker-secret", "set a worker's secret: its verifier (never the secret) goes into "
+                       "pefnos.worker; the secret file is made with a random secret if missing");
+  worker_secret->add_option("name", secret_worker, "worker name")->required();
+  worker_secret->add_option("--secret-file", secret_file, "the secret file")->required();
+  addDbOptions(worker_secret, ctl_args);
+  for (auto* c : {ping, reload, poll_now, command, force, stop}) {
     addDbOptions(c, ctl_args);
     c->add_flag("--wait", wait, "wait for the outcome and print it");
     c->add_option("--timeout", timeout, "seconds to wait")->capture_default_str();
@@ -284,6 +330,14 @@ int main(int argc, char** argv) {
 
   try {
     if (*up) return runUp(up_args);
+    if (*worker) return runWorker(worker_args);
+    if (*worker_secret) return workerSecret(ctl_args, secret_worker, secret_file);
+    if (*force) {
+      nlohmann::json a{{"builder", force_builder}, {"branch", force_branch}};
+      if (!force_revision.empty()) a["revision"] = force_revision;
+      return ctlCommand(ctl_args, "force-build", a.dump(), wait, timeout);
+    }
+    if (*stop) return ctlCommand(ctl_args, "stop-build", nlohmann::json{{"build", stop_build}}.dump(), wait, timeout);
     if (*master) return runMaster(master_args);
     if (*migrate) return dbMigrate(db_args);
     if (*status) return dbStatus(db_args);

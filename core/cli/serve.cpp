@@ -10,6 +10,8 @@
 #include "core/loop/loop.h"
 #include "core/master/master.h"
 #include "core/plugin/plugin.h"
+#include "core/protocol/auth.h"
+#include "core/worker/worker.h"
 
 extern char** environ;
 
@@ -19,7 +21,9 @@ namespace {
 // Runs a master on loop until SIGINT/SIGTERM (or a fatal error), then calls
 // after_stop on the loop thread. Returns the exit code.
 int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
-          std::function<void()> after_stop) {
+          std::function<void()> after_stop,
+          std::function<void(master::Master&)> on_serving = nullptr,
+          std::function<void()> before_stop = nullptr) {
   master::Options options;
   options.conninfo = conninfo;
   options.name = args.name.empty() ? master::defaultName() : args.name;
@@ -30,12 +34,18 @@ int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
                                  .home / "state").string()
                           : args.state_dir;
   options.plugin_dirs = args.plugin_dirs;
+  options.workers_listen = args.workers == "none" ? "" : args.workers;
+  if (!options.workers_listen.empty() && options.workers_listen.rfind(':') == std::string::npos) {
+    fail("--workers wants HOST:PORT or none, not '" + options.workers_listen + "'");
+  }
   auto master = std::make_unique<master::Master>(loop, options);
+  if (on_serving) master->onServing([&] { on_serving(*master); });
   loop::Signal sigint(loop), sigterm(loop);
   int rc = 0;
   auto stop = [&] {
     sigint.stop();
     sigterm.stop();
+    if (before_stop) before_stop();
     master->stop([&] {
       master.reset();
       if (after_stop) after_stop();
@@ -144,13 +154,32 @@ nlohmann::json demoConfiguration(const std::string& file, const std::filesystem:
   return doc;
 }
 
+// The secret of the local worker (made on first use, mode 600) and its row
+// in pefnos.worker with the matching verifier; returns the secret.
+std::string ensureLocalWorker(const std::string& conninfo, const std::string& secret_file) {
+  if (!std::filesystem::exists(secret_file)) {
+    std::ofstream(secret_file) << protocol::newNonce() << "\n";
+    std::filesystem::permissions(secret_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  }
+  auto secret = worker::readSecretFile(secret_file);
+  if (!secret) throw std::runtime_error(secret.error().message);
+  pqxx::connection conn(conninfo);
+  pqxx::work tx(conn);
+  tx.exec_params("INSERT INTO pefnos.worker (name, secret_hash, slots) VALUES ('local', $1, 2) "
+                 "ON CONFLICT (name) DO UPDATE SET secret_hash = EXCLUDED.secret_hash",
+                 protocol::makeVerifier(*secret));
+  tx.commit();
+  return *secret;
+}
+
+
+}  // namespace
+
 int closeLoop(uv_loop_t* loop, int rc) {
   uv_run(loop, UV_RUN_DEFAULT);  // close callbacks still pending
   if (uv_loop_close(loop) != 0) log::warning("pefnos", "event loop closed with handles still open");
   return rc;
 }
-
-}  // namespace
 
 int runMaster(const ServeArgs& args) {
   uv_loop_t loop;
@@ -215,6 +244,39 @@ int runUp(const ServeArgs& args) {
     fail(std::string("cannot prepare the database: ") + e.what());
   }
 
+  // The local worker: a row named 'local' whose verifier matches a secret
+  // kept in the home, and a Worker on this loop speaking the same protocol
+  // over loopback as a remote one would.
+  const std::string secret_file = (cl->layout().home / "local-worker.secret").string();
+  std::string local_secret;
+  if (args.workers != "none") {
+    try {
+      local_secret = ensureLocalWorker(conninfo, secret_file);
+    } catch (const std::exception& e) {
+      stop_cluster();
+      closeLoop(&loop, 1);
+      fail(std::string("cannot set up the local worker: ") + e.what());
+    }
+  }
+  std::unique_ptr<worker::Worker> local;
+  auto start_local = [&](master::Master& m) {
+    if (local_secret.empty() || m.workersPort() == 0) return;
+    worker::Options wo;
+    wo.master_host = args.workers.substr(0, args.workers.rfind(':'));
+    if (wo.master_host == "0.0.0.0") wo.master_host = "127.0.0.1";
+    wo.master_port = m.workersPort();
+    wo.name = "local";
+    wo.secret = local_secret;
+    wo.slots = args.local_slots;
+    wo.workdir = (cl->layout().home / "work").string();
+    local = std::make_unique<worker::Worker>(&loop, wo);
+    local->start([](const std::string& why) { log::error("pefnos", "the local worker stopped: ", why); });
+  };
+  auto stop_local = [&] {
+    if (local) local->stop();
+    local.reset();
+  };
+
   const std::string h = cl->layout().home.string();
   std::cout << "pefnos is up: PostgreSQL pid " << pid << ", home " << h << "\n"
             << "  database   " << conninfo << "\n"
@@ -222,7 +284,7 @@ int runUp(const ServeArgs& args) {
             << "  try        pefnos ctl ping --wait --home " << h << "\n"
             << "  stop       Ctrl-C\n"
             << std::flush;
-  int rc = serve(&loop, args, conninfo, stop_cluster);
+  int rc = serve(&loop, args, conninfo, stop_cluster, start_local, stop_local);
   return closeLoop(&loop, rc);
 }
 

@@ -22,6 +22,7 @@ Master::Master(uv_loop_t* loop, Options options)
 
 Master::~Master() {
   // Users of the database first: a delivery must never reach a dead room.
+  builds_.reset();
   scheduler_.reset();
   runner_.reset();
   model_.reset();
@@ -113,6 +114,34 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
     if (model_->repository(id)) return poll();
     model_->reload([poll](Result<int>) { poll(); });
   });
+  if (!options_.workers_listen.empty()) {
+    builds::Options bopts;
+    bopts.master_name = options_.name;
+    const auto colon = options_.workers_listen.rfind(':');
+    bopts.listen_host = options_.workers_listen.substr(0, colon);
+    bopts.listen_port = std::stoi(options_.workers_listen.substr(colon + 1));
+    builds_ = std::make_unique<builds::Builds>(loop_, *db_, *model_, *plugins_, *scheduler_, bopts);
+    listener_->subscribe("pefnos_request", [this](const std::string&) { builds_->dispatchSoon(); });
+    listener_->onListening([this] { builds_->dispatchSoon(); });  // requests queued while away
+  }
+  auto intArg = [](const commands::Command& c, const char* key) -> std::optional<long long> {
+    if (!c.args.contains(key) || !c.args[key].is_number_integer()) return std::nullopt;
+    return c.args[key].get<long long>();
+  };
+  runner_->handle("force-build", [this, intArg](const commands::Command& c, commands::Reply reply) {
+    auto builder = intArg(c, "builder"), branch = intArg(c, "branch");
+    if (!builder || !branch) return reply(Error{"force-build needs {\"builder\": ID, \"branch\": ID}"});
+    if (!builds_) return reply(Error{"this master runs no builds (started without workers)"});
+    std::string revision = c.args.contains("revision") && c.args["revision"].is_string()
+                               ? c.args["revision"].get<std::string>() : "";
+    builds_->forceBuild(static_cast<int>(*builder), static_cast<int>(*branch), revision, reply);
+  });
+  runner_->handle("stop-build", [this, intArg](const commands::Command& c, commands::Reply reply) {
+    auto build = intArg(c, "build");
+    if (!build) return reply(Error{"stop-build needs {\"build\": ID}"});
+    if (!builds_) return reply(Error{"this master runs no builds (started without workers)"});
+    builds_->stopBuild(*build, reply);
+  });
   runner_->handle("reload", [this](const commands::Command&, commands::Reply reply) {
     model_->reload([reply](Result<int> changed) {
       if (!changed) return reply(changed.error());
@@ -143,6 +172,17 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
       scheduler_started_ = true;
       scheduler_->start();
       runner_->start();
+      if (!builds_) {
+        if (on_serving_) on_serving_();
+        return;
+      }
+      builds_->start([this](Status s) {
+        if (!s) {
+          log::error("master", "cannot serve workers: ", s.error().message);
+          recordEvent("error", "builds", "cannot serve workers: " + s.error().message, {});
+        }
+        if (on_serving_) on_serving_();
+      });
     }
   });
   listener_->start();
@@ -192,6 +232,7 @@ void Master::heartbeat() {
         return Done{};
       },
       [](Result<Done>) {});
+  if (builds_) builds_->renewLeases();
 }
 
 void Master::stop(std::function<void()> done) {
@@ -205,6 +246,7 @@ void Master::stop(std::function<void()> done) {
     if (busy && (*waited_ms += 20) < 5000) return;
     if (busy) log::warning("master", "stopping with ", runner_->inFlight(), " commands unfinished");
     stop_timer_.stop();
+    builds_.reset();
     scheduler_.reset();
     runner_.reset();
     model_.reset();

@@ -17,6 +17,7 @@
 #include "core/db/db.h"
 #include "core/loop/loop.h"
 #include "core/plugin/plugin.h"
+#include "core/builds/builds.h"
 #include "core/scheduler/scheduler.h"
 
 namespace pefnos::master {
@@ -28,6 +29,8 @@ struct Options {
   int heartbeat_seconds = 10;
   std::string state_dir;                 // proxies of upstream repositories live below it
   std::vector<std::string> plugin_dirs;  // besides the built-in one and the configured ones
+  // Where workers connect ("HOST:PORT"; port 0 picks one, logged); empty: no workers.
+  std::string workers_listen = "127.0.0.1:7420";
 };
 
 // `hostname` of this machine: the default master name.
@@ -47,6 +50,10 @@ class Master {
   void stop(std::function<void()> done);
 
   const std::string& name() const { return options_.name; }
+  // Once it listens for workers (0 before, or without workers).
+  int workersPort() const { return builds_ ? builds_->port() : 0; }
+  // Runs once the master serves: configuration loaded, workers listened for.
+  void onServing(std::function<void()> fn) { on_serving_ = std::move(fn); }
 
  private:
   void serve(const std::vector<std::string>& configured_plugin_dirs);
@@ -65,6 +72,8 @@ class Master {
   std::unique_ptr<plugin::ProcessHost> host_;
   std::unique_ptr<plugin::Registry> plugins_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
+  std::unique_ptr<builds::Builds> builds_;
+  std::function<void()> on_serving_;
   loop::Timer heartbeat_timer_;
   loop::Timer stop_timer_;
   bool stopping_ = false;

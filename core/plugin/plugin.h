@@ -57,6 +57,10 @@ class Registry {
   // The object keeps its library loaded as long as it lives.
   std::shared_ptr<Vcs> makeVcs(const std::string& name);
   std::vector<std::string> vcsNames() const;
+  // A step object of the step plugin `name`; nullptr if none. Steps are
+  // stateless: one object may plan and interpret any number of steps.
+  std::shared_ptr<Step> makeStep(const std::string& name);
+  std::vector<std::string> stepNames() const;
 
  private:
   struct Loaded {
@@ -66,7 +70,8 @@ class Registry {
   void refuse(const std::string& path, const std::string& reason);
 
   Host& host_;
-  std::map<std::string, Loaded> vcs_;  // by name
+  std::map<std::string, Loaded> vcs_;    // by name
+  std::map<std::string, Loaded> steps_;  // by name
   std::set<std::string> names_;        // every plugin name loaded, any kind
   std::vector<Outcome> outcomes_;
 };

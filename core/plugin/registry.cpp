@@ -151,6 +151,7 @@ void Registry::loadFile(const std::string& path) {
     case PluginKind::step:
       if (d->make_step == nullptr) return refuse(path, "a step plugin without make_step");
       o.kind = "step";
+      steps_[name] = Loaded{library, d};
       break;
     default:
       return refuse(path, "unknown plugin kind " + std::to_string(static_cast<int>(d->kind)));
@@ -174,6 +175,21 @@ std::shared_ptr<Vcs> Registry::makeVcs(const std::string& name) {
 std::vector<std::string> Registry::vcsNames() const {
   std::vector<std::string> names;
   for (const auto& [name, loaded] : vcs_) names.push_back(name);
+  return names;
+}
+
+std::shared_ptr<Step> Registry::makeStep(const std::string& name) {
+  auto it = steps_.find(name);
+  if (it == steps_.end()) return nullptr;
+  std::unique_ptr<Step> made = it->second.descriptor->make_step(host_);
+  if (!made) return nullptr;
+  return std::shared_ptr<Step>(made.release(),
+                               [library = it->second.library](Step* step) { delete step; });
+}
+
+std::vector<std::string> Registry::stepNames() const {
+  std::vector<std::string> names;
+  for (const auto& [name, loaded] : steps_) names.push_back(name);
   return names;
 }
 

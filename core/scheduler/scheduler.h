@@ -62,6 +62,12 @@ class Scheduler {
   // Polls at once (after the running poll, if one runs); done gets the report.
   void pollNow(int repository_id, std::function<void(Result<PollReport>)> done);
 
+  // The tree of revision as a tar stream, from the repository's proxy,
+  // through its VCS plugin: what a build's source step unpacks.
+  std::shared_ptr<Running> exportTree(int repository_id, const std::string& revision,
+                                      std::function<void(std::string_view)> on_chunk,
+                                      std::function<void(Status)> done);
+
   size_t scheduled() const { return repos_.size(); }
   uint64_t pollsDone() const { return polls_done_; }
 

@@ -20,6 +20,7 @@
 
 #include "pefnos/host.h"
 #include "pefnos/result.h"
+#include "pefnos/step.h"
 #include "pefnos/vcs.h"
 
 namespace pefnos {
@@ -29,8 +30,6 @@ namespace pefnos {
 inline constexpr int kPluginAbiVersion = 2;
 
 enum class PluginKind : int { vcs = 1, step = 2 };
-
-class Step;  // the step interface: see pefnos/step.h once it exists
 
 struct PluginDescriptor {
   int abi_version;  // first, always; kPluginAbiVersion of the headers the plugin was built with

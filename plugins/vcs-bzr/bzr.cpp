@@ -1,1 +1,656 @@
-// placeholder: being written
+// The Bazaar VCS plugin (Breezy). A repository URL is a bzr location: a
+// branch (one head, "trunk") or a directory holding branches (heads named by
+// their paths below it). The proxy is a shared repository without working
+// trees; a repository's branches live at <proxy>/<ref_prefix><branch>, so
+// forks in one proxy share revisions.
+//
+// Where the work happens:
+//  - listHeads of a local location reads .bzr/branch/last-revision in this
+//    file: no process at all for the common poll of unchanged branches.
+//  - Everything else Breezy answers, through helper.py beside this library:
+//    one long-lived server per plugin object (JSON lines on its pipes) for
+//    listings, commits, digests and forget; one-shot processes for pulls
+//    (long, and killed alone on timeout) and exports (a stream).
+//
+// Safety: names and revisions are validated (bzr_parse.h) before use and
+// reach Breezy as argv elements or JSON fields, never through a shell.
+// Nothing here blocks the loop beyond the bounded walk of a local location.
+#include <dlfcn.h>
+
+#include <chrono>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "bzr_parse.h"
+#include "pefnos/plugin.h"
+
+namespace pefnos::bzr {
+namespace {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kPython = "/usr/bin/python3";  // Debian's, which has breezy
+constexpr int kPullTimeout = 3600;     // a first pull of a big upstream is slow
+constexpr int kExportTimeout = 3600;
+constexpr int kHeadsTimeout = 120;     // seconds, per request to the helper
+constexpr int kLocalTimeout = 600;     // commits, digest, forget: the proxy is local
+constexpr int kOverdueGrace = 30;      // the helper kills itself first; this is the backstop
+constexpr auto kStartFailureHold = std::chrono::seconds(30);
+constexpr size_t kErrorTail = 2000;    // what of stderr goes into an Error
+constexpr size_t kMaxLine = 256u << 20;  // a longer answer means the protocol is broken
+// Bounds of the walk of a local directory of branches (the helper has the same).
+constexpr int kMaxDepth = 8;
+constexpr size_t kMaxEntries = 20000;
+constexpr size_t kMaxControlFile = 4096;
+
+// --------------------------------------------------------------------------
+// Local locations
+
+std::optional<std::string> readSmallFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::string text(kMaxControlFile, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  return text;
+}
+
+bool isBranchDirectory(const fs::path& dir) {
+  std::error_code ec;
+  return fs::is_directory(dir / ".bzr" / "branch", ec);
+}
+
+// The head of the branch at dir: its revision id, "" for an empty branch;
+// nullopt when only Breezy can tell (a branch reference, an older format).
+std::optional<std::string> readBranchHead(const fs::path& dir) {
+  fs::path branch = dir / ".bzr" / "branch";
+  auto format = readSmallFile(branch / "format");
+  if (!format || !hasLastRevisionFile(*format)) return std::nullopt;
+  auto text = readSmallFile(branch / "last-revision");
+  if (!text) return std::nullopt;
+  return parseLastRevision(*text);
+}
+
+struct LocalScan {
+  enum class Outcome { heads, needs_breezy, error };
+  Outcome outcome = Outcome::heads;
+  std::vector<Head> heads;
+  std::vector<std::string> refused;  // branch names we will not use
+  std::string error;
+};
+
+// The heads of a local location, read from the branches' control files. The
+// walk never enters a branch, never follows a symlink below the location, and
+// is bounded in depth and in entries looked at.
+LocalScan scanLocal(const std::string& location, const fs::path& root) {
+  LocalScan scan;
+  auto fail = [&scan](std::string message) {
+    scan.outcome = LocalScan::Outcome::error;
+    scan.error = std::move(message);
+    return scan;
+  };
+  auto breezy = [&scan] {
+    scan.outcome = LocalScan::Outcome::needs_breezy;
+    return scan;
+  };
+  std::error_code ec;
+  auto status = fs::status(root, ec);
+  if (ec || !fs::exists(status)) return fail(location + " does not exist");
+  if (!fs::is_directory(status))
+    return fail(location + " is not a directory, so neither a branch nor a directory of branches");
+  if (isBranchDirectory(root)) {
+    auto head = readBranchHead(root);
+    if (!head) return breezy();
+    if (!head->empty()) scan.heads.push_back(Head{"trunk", *head});
+    return scan;
+  }
+  bool is_repository = fs::is_directory(root / ".bzr" / "repository", ec);
+  bool found = false;
+  size_t entries = 0;
+  struct Pending {
+    fs::path dir;
+    std::string name;
+    int depth;
+  };
+  std::deque<Pending> queue{{root, "", 0}};
+  while (!queue.empty()) {
+    Pending at = std::move(queue.front());
+    queue.pop_front();
+    std::vector<fs::directory_entry> children;
+    for (fs::directory_iterator it(at.dir, fs::directory_options::skip_permission_denied, ec), end;
+         !ec && it != end; it.increment(ec)) {
+      if (++entries > kMaxEntries) {
+        return fail(location + ": more than " + std::to_string(kMaxEntries) +
+                    " entries to search for branches; point the URL at a narrower directory");
+      }
+      children.push_back(*it);
+    }
+    if (ec && at.depth == 0) return fail("cannot read " + location + ": " + ec.message());
+    ec.clear();
+    std::sort(children.begin(), children.end());
+    for (const auto& child : children) {
+      std::string leaf = child.path().filename().string();
+      // directory_entry caches the type readdir gave: no stat per entry.
+      if (leaf == ".bzr" || child.is_symlink(ec) || !child.is_directory(ec)) continue;
+      std::string name = at.name.empty() ? leaf : at.name + "/" + leaf;
+      if (!isBranchDirectory(child.path())) {
+        if (at.depth + 1 < kMaxDepth) queue.push_back({child.path(), name, at.depth + 1});
+        continue;
+      }
+      found = true;
+      auto head = readBranchHead(child.path());
+      if (!head) return breezy();
+      if (head->empty()) continue;  // an empty branch has no head
+      if (isValidBranchName(name))
+        scan.heads.push_back(Head{name, *head});
+      else
+        scan.refused.push_back(name);
+    }
+  }
+  if (!found) {
+    if (is_repository) {
+      return fail(location +
+                  " is a Bazaar repository with no branches; point the URL at a branch or at a "
+                  "directory of branches");
+    }
+    return fail(location + " is not a Bazaar branch and holds no branches");
+  }
+  return scan;
+}
+
+// --------------------------------------------------------------------------
+// Helpers
+
+// Where helper.py is installed: beside this library, whatever directory it was loaded from.
+std::string helperPath() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&helperPath), &info) == 0 || !info.dli_fname) return "";
+  return (fs::path(info.dli_fname).parent_path() / "vcs-bzr-helper.py").string();
+}
+
+std::vector<std::string> helperEnvironment() {
+  return {
+      "BRZ_LOG=/dev/null",             // no brz.log in the daemon's $HOME
+      "BRZ_PLUGIN_PATH=-site:-user",   // only Breezy's own code runs in the helper
+      "SSH_ASKPASS=/bin/false",        // bzr+ssh never asks (the helper has no terminal either)
+      "PYTHONDONTWRITEBYTECODE=1",
+      "PYTHONUNBUFFERED=1",
+  };
+}
+
+// "pulling … exited with 1: <the end of stderr>".
+Error failure(const std::string& what, ProcessResult r) {
+  if (r.err.size() > kErrorTail) {
+    r.err.erase(0, r.err.size() - kErrorTail);
+    if (size_t nl = r.err.find('\n'); nl != std::string::npos) r.err.erase(0, nl + 1);
+  }
+  return Error{r.describe(what)};
+}
+
+// The proxy's name as a queue key: "p/", "p//" and "p" are one repository.
+std::string proxyKey(const std::string& proxy) {
+  std::string key = fs::path(proxy).lexically_normal().string();
+  while (key.size() > 1 && key.back() == '/') key.pop_back();
+  return key;
+}
+
+Status checkRepo(const Repo& repo, bool needs_url) {
+  std::string name = "repository " + std::to_string(repo.id);
+  if (needs_url && repo.url.empty()) return Error{name + " has no URL"};
+  if (repo.proxy.empty() || repo.proxy.front() != '/')
+    return Error{name + " has no absolute proxy path ('" + repo.proxy + "')"};
+  if (!isValidRefPrefix(repo.ref_prefix))
+    return Error{name + " has an invalid ref prefix '" + repo.ref_prefix + "' (want refs/…/)"};
+  return ok();
+}
+
+Status checkRevision(const std::string& revision) {
+  if (isValidRevisionId(revision)) return ok();
+  return Error{"'" + revision + "' is not a Bazaar revision id"};
+}
+
+std::string dumpLine(const json& message) {
+  // Invalid UTF-8 (a URL with stray bytes) is replaced rather than thrown.
+  return message.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+// What the BzrVcs shares with the callbacks of the processes it started, which
+// may fire after it is gone: they hold it weakly and then do nothing.
+class State : public std::enable_shared_from_this<State> {
+ public:
+  explicit State(Host& host) : host_(host), helper_path_(helperPath()) {}
+
+  Host& host() { return host_; }
+
+  // A one-shot `python3 helper.py ARGS…`; done unless the BzrVcs is gone first.
+  // With on_out, stdout is streamed to it instead of collected.
+  std::shared_ptr<Running> oneShot(std::vector<std::string> args, int timeout,
+                                   std::function<void(ProcessResult)> done,
+                                   std::function<void(std::string_view)> on_out = nullptr) {
+    ProcessSpec spec;
+    spec.argv = {kPython, helper_path_};
+    spec.argv.insert(spec.argv.end(), args.begin(), args.end());
+    spec.env = helperEnvironment();
+    spec.timeout_seconds = timeout;
+    uint64_t id = ++last_process_;
+    running_[id];  // before starting: done may come at once and erase it
+    std::weak_ptr<State> weak = weak_from_this();
+    auto finished = [weak, id, done = std::move(done)](ProcessResult r) {
+      auto self = weak.lock();
+      if (!self) return;
+      self->running_.erase(id);
+      done(std::move(r));
+    };
+    std::shared_ptr<Running> running;
+    if (on_out) {
+      auto out = [weak, on_out = std::move(on_out)](std::string_view chunk) {
+        if (weak.lock()) on_out(chunk);
+      };
+      running = host_.stream(std::move(spec), std::move(out), std::move(finished));
+    } else {
+      running = host_.run(std::move(spec), std::move(finished));
+    }
+    if (auto it = running_.find(id); it != running_.end()) it->second = running;
+    return running;
+  }
+
+  // Sends one request to the long-lived helper, starting it if need be.
+  // done gets the result or an Error that begins with `what`.
+  void request(json message, int timeout, std::string what,
+               std::function<void(Result<json>)> done) {
+    std::weak_ptr<State> weak = weak_from_this();
+    auto answerLater = [this, weak, &done](Error e) {
+      host_.post([weak, done = std::move(done), e = std::move(e)] {
+        if (weak.lock()) done(e);
+      });
+    };
+    if (helper_path_.empty()) return answerLater(Error{what + ": cannot locate the Breezy helper"});
+    if (!helper_ && start_failed_at_ && Clock::now() - *start_failed_at_ < kStartFailureHold)
+      return answerLater(Error{what + ": " + start_failure_});
+    killIfOverdue();
+    if (!helper_) startHelper();
+    uint64_t id = ++last_request_;
+    message["id"] = id;
+    message["timeout"] = timeout;
+    pending_[id] = PendingRequest{std::move(what), std::move(done),
+                                  Clock::now() + std::chrono::seconds(timeout + kOverdueGrace)};
+    outbox_ += dumpLine(message);
+    pump();
+  }
+
+  void killAll() {
+    if (helper_) helper_->kill();
+    helper_.reset();
+    auto running = std::move(running_);
+    for (auto& [id, weak] : running)
+      if (auto r = weak.lock()) r->kill();
+  }
+
+  // Jobs that write to one proxy (pull, forget) run one after the other:
+  // Breezy's repository lock would make a concurrent writer fail (a lost
+  // poll), and forget must not remove a branch a pull is writing.
+  using Job = std::function<void(std::function<void()> release)>;
+  void serialise(const std::string& proxy, Job job) {
+    auto& queue = queues_[proxyKey(proxy)];
+    queue.push_back(std::move(job));
+    if (queue.size() == 1) startFront(proxyKey(proxy));
+  }
+
+ private:
+  struct PendingRequest {
+    std::string what;
+    std::function<void(Result<json>)> done;
+    Clock::time_point overdue;
+  };
+
+  void startHelper() {
+    ProcessSpec spec;
+    spec.argv = {kPython, helper_path_, "serve"};
+    spec.env = helperEnvironment();
+    spec.stdin_pipe = true;
+    spec.timeout_seconds = 0;  // it lives as long as we do; each request has its own deadline
+    uint64_t generation = ++generation_;
+    helper_ready_ = false;
+    std::weak_ptr<State> weak = weak_from_this();
+    helper_ = host_.stream(
+        std::move(spec),
+        [weak, generation](std::string_view chunk) {
+          if (auto self = weak.lock(); self && self->generation_ == generation)
+            self->onHelperOutput(chunk);
+        },
+        [weak, generation](ProcessResult r) {
+          if (auto self = weak.lock(); self && self->generation_ == generation)
+            self->onHelperExit(std::move(r));
+        });
+  }
+
+  // Writes whatever is queued in one write, then waits for it (back-pressure).
+  void pump() {
+    if (writing_ || outbox_.empty() || !helper_) return;
+    writing_ = true;
+    std::weak_ptr<State> weak = weak_from_this();
+    uint64_t generation = generation_;
+    helper_->write(std::exchange(outbox_, std::string()), [weak, generation](bool) {
+      auto self = weak.lock();
+      if (!self || self->generation_ != generation) return;
+      self->writing_ = false;  // on failure the exit callback fails what is pending
+      self->pump();
+    });
+  }
+
+  void onHelperOutput(std::string_view chunk) {
+    buffer_.append(chunk);
+    size_t start = 0;
+    for (size_t nl; (nl = buffer_.find('\n', start)) != std::string::npos; start = nl + 1) {
+      json message = json::parse(buffer_.begin() + static_cast<std::ptrdiff_t>(start),
+                                 buffer_.begin() + static_cast<std::ptrdiff_t>(nl), nullptr, false);
+      if (message.is_discarded() || !message.is_object()) {
+        host_.log(LogLevel::warning, "vcs-bzr: the Breezy helper printed a line that is not JSON; "
+                                     "restarting it");
+        buffer_.clear();
+        if (helper_) helper_->kill();
+        return;
+      }
+      onHelperMessage(message);
+    }
+    buffer_.erase(0, start);
+    if (buffer_.size() > kMaxLine && helper_) helper_->kill();
+  }
+
+  void onHelperMessage(const json& message) {
+    if (message.value("ready", false)) {
+      helper_ready_ = true;
+      start_failed_at_.reset();
+      return;
+    }
+    if (!message.contains("id") || !message["id"].is_number_unsigned()) return;
+    auto it = pending_.find(message["id"].get<uint64_t>());
+    if (it == pending_.end()) return;  // failed already
+    PendingRequest request = std::move(it->second);
+    pending_.erase(it);
+    if (message.value("ok", false))
+      request.done(message.contains("result") ? message["result"] : json());
+    else
+      request.done(Error{request.what + ": " + message.value("error", std::string("failed"))});
+  }
+
+  // Its pending requests fail; the next request starts a new helper, unless
+  // this one died before it was ready (then requests fail for a while rather
+  // than starting a helper that cannot run, over and over).
+  void onHelperExit(ProcessResult r) {
+    helper_.reset();
+    ++generation_;  // late writes' callbacks of the dead helper are ignored
+    writing_ = false;
+    outbox_.clear();
+    buffer_.clear();
+    Error why = failure("the Breezy helper (" + helper_path_ + ")", std::move(r));
+    if (!helper_ready_) {
+      start_failed_at_ = Clock::now();
+      start_failure_ = why.message + " (at start)";
+    }
+    auto pending = std::move(pending_);
+    pending_.clear();
+    for (auto& [id, request] : pending) request.done(Error{request.what + ": " + why.message});
+  }
+
+  // The helper ends itself when a request overruns; if it could not, we do.
+  void killIfOverdue() {
+    auto now = Clock::now();
+    for (const auto& [id, request] : pending_) {
+      if (request.overdue < now && helper_) {
+        host_.log(LogLevel::warning, "vcs-bzr: " + request.what +
+                                         " is long overdue; killing the Breezy helper");
+        helper_->kill();
+        return;
+      }
+    }
+  }
+
+  void startFront(const std::string& key) {
+    // Moved out: the slot stays (empty, meaning "running") until release pops it.
+    Job job = std::move(queues_[key].front());
+    std::weak_ptr<State> weak = weak_from_this();
+    job([weak, key, released = std::make_shared<bool>(false)] {
+      auto self = weak.lock();
+      if (!self || *released) return;  // copies of release share the flag: one pop per job
+      *released = true;
+      auto& queue = self->queues_[key];
+      queue.pop_front();
+      if (queue.empty())
+        self->queues_.erase(key);
+      else
+        self->startFront(key);
+    });
+  }
+
+  Host& host_;
+  std::string helper_path_;
+  // One-shot processes.
+  uint64_t last_process_ = 0;
+  std::map<uint64_t, std::weak_ptr<Running>> running_;
+  std::map<std::string, std::deque<Job>> queues_;  // by proxy; the front one runs
+  // The long-lived helper.
+  std::shared_ptr<Running> helper_;
+  uint64_t generation_ = 0;  // which helper callbacks belong to
+  bool helper_ready_ = false;
+  std::optional<Clock::time_point> start_failed_at_;
+  std::string start_failure_;
+  std::string outbox_, buffer_;
+  bool writing_ = false;
+  uint64_t last_request_ = 0;
+  std::map<uint64_t, PendingRequest> pending_;
+};
+
+// --------------------------------------------------------------------------
+// Answers of the helper
+
+Result<std::vector<Head>> headsFrom(const json& result, std::vector<std::string>& refused) {
+  if (!result.is_array()) return Error{"the Breezy helper answered heads with no list"};
+  std::vector<Head> heads;
+  for (const auto& h : result) {
+    std::string branch = h.value("branch", std::string());
+    std::string revision = h.value("revision", std::string());
+    if (!isValidBranchName(branch) || !isValidRevisionId(revision)) {
+      refused.push_back(branch);
+      continue;
+    }
+    heads.push_back(Head{std::move(branch), std::move(revision)});
+  }
+  return heads;
+}
+
+Result<std::vector<CommitInfo>> commitsFrom(const json& result) {
+  if (!result.is_array()) return Error{"the Breezy helper answered commits with no list"};
+  std::vector<CommitInfo> commits;
+  commits.reserve(result.size());
+  try {
+    for (const auto& c : result) {
+      CommitInfo info;
+      info.revision = c.at("revision").get<std::string>();
+      info.parents = c.at("parents").get<std::vector<std::string>>();
+      info.author = c.at("author").get<std::string>();
+      info.author_date = c.at("author_date").get<std::string>();
+      info.committer = c.at("committer").get<std::string>();
+      info.committer_date = c.at("committer_date").get<std::string>();
+      info.message = c.at("message").get<std::string>();
+      info.files = c.at("files").get<std::vector<std::string>>();
+      commits.push_back(std::move(info));
+    }
+  } catch (const json::exception& e) {
+    return Error{std::string("the Breezy helper answered commits oddly: ") + e.what()};
+  }
+  return commits;
+}
+
+void logRefused(Host& host, const std::string& url, const std::vector<std::string>& refused) {
+  if (refused.empty()) return;
+  std::string names;
+  for (const auto& n : refused) names += (names.empty() ? "'" : ", '") + n + "'";
+  host.log(LogLevel::warning, url + ": ignoring branches whose names pefnos refuses: " + names);
+}
+
+class BzrVcs final : public Vcs {
+ public:
+  explicit BzrVcs(Host& host) : host_(host), state_(std::make_shared<State>(host)) {}
+  ~BzrVcs() override { state_->killAll(); }  // their callbacks find the State gone
+  BzrVcs(const BzrVcs&) = delete;            // owns running processes
+  BzrVcs& operator=(const BzrVcs&) = delete;
+
+  // Errors found before any process ran are reported from the loop, never
+  // from inside the call: callers need not be re-entrant.
+  template <class Done, class Value>
+  void later(Done done, Value value) {
+    std::weak_ptr<State> weak = state_;  // no callback after the Vcs is gone
+    host_.post([weak, done = std::move(done), value = std::move(value)]() mutable {
+      if (weak.lock()) done(std::move(value));
+    });
+  }
+
+  void listHeads(const Repo& repo, std::function<void(Result<std::vector<Head>>)> done) override {
+    if (repo.url.empty())
+      return later(std::move(done), Error{"repository " + std::to_string(repo.id) + " has no URL"});
+    if (auto path = localPath(repo.url)) {
+      LocalScan scan = scanLocal(repo.url, *path);
+      if (scan.outcome == LocalScan::Outcome::error) return later(std::move(done), Error{scan.error});
+      if (scan.outcome == LocalScan::Outcome::heads) {
+        logRefused(host_, repo.url, scan.refused);
+        return later(std::move(done), std::move(scan.heads));
+      }
+      // A branch reference or an older format somewhere: Breezy reads the location.
+    }
+    std::weak_ptr<State> weak = state_;
+    state_->request({{"op", "heads"}, {"url", repo.url}}, kHeadsTimeout,
+                    "listing the branches of " + repo.url,
+                    [weak, url = repo.url, done = std::move(done)](Result<json> r) {
+                      if (!r) return done(r.error());
+                      std::vector<std::string> refused;
+                      auto heads = headsFrom(*r, refused);
+                      if (auto self = weak.lock()) logRefused(self->host(), url, refused);
+                      done(std::move(heads));
+                    });
+  }
+
+  void updateProxy(const Repo& repo, const std::vector<std::string>& branches,
+                   std::function<void(Status)> done) override {
+    if (auto s = checkRepo(repo, true); !s) return later(std::move(done), s.error());
+    for (const auto& b : branches) {
+      if (!isValidBranchName(b))
+        return later(std::move(done),
+                     Error{"refusing to pull branch '" + b + "' of " + repo.url + ": not a valid branch name"});
+    }
+    if (branches.empty()) return later(std::move(done), ok());
+    std::vector<std::string> args{"pull", repo.proxy, repo.ref_prefix, repo.url};
+    args.insert(args.end(), branches.begin(), branches.end());
+    std::string what = "pulling " + std::to_string(branches.size()) + " branch(es) of " + repo.url +
+                       " into " + repo.proxy;
+    std::weak_ptr<State> weak = state_;
+    state_->serialise(repo.proxy, [weak, args = std::move(args), what = std::move(what),
+                                   done = std::move(done)](std::function<void()> release) mutable {
+      auto self = weak.lock();
+      if (!self) return;
+      self->oneShot(std::move(args), kPullTimeout,
+                    [what, release, done = std::move(done)](ProcessResult r) {
+                      release();
+                      done(r.ok() ? ok() : Status(failure(what, std::move(r))));
+                    });
+    });
+  }
+
+  void listCommits(const Repo& repo, const std::string& to, const std::vector<std::string>& exclude,
+                   size_t limit,
+                   std::function<void(Result<std::vector<CommitInfo>>)> done) override {
+    if (auto s = checkRepo(repo, false); !s) return later(std::move(done), s.error());
+    if (auto s = checkRevision(to); !s) return later(std::move(done), s.error());
+    for (const auto& x : exclude)
+      if (auto s = checkRevision(x); !s) return later(std::move(done), s.error());
+    if (limit == 0) return later(std::move(done), std::vector<CommitInfo>{});
+    json message = {{"op", "commits"}, {"proxy", repo.proxy}, {"to", to},
+                    {"exclude", exclude}, {"limit", limit}};
+    state_->request(std::move(message), kLocalTimeout, "listing the commits of " + to,
+                    [done = std::move(done)](Result<json> r) {
+                      if (!r) return done(r.error());
+                      done(commitsFrom(*r));
+                    });
+  }
+
+  std::shared_ptr<Running> exportTree(const Repo& repo, const std::string& revision,
+                                      std::function<void(std::string_view)> on_chunk,
+                                      std::function<void(Status)> done) override {
+    Status valid = checkRepo(repo, false);
+    if (valid) valid = checkRevision(revision);
+    if (!valid) {
+      later(std::move(done), valid.error());
+      return nullptr;
+    }
+    return state_->oneShot(
+        {"export", repo.proxy, revision}, kExportTimeout,
+        [revision, done = std::move(done)](ProcessResult r) {
+          done(r.ok() ? ok() : Status(failure("exporting " + revision, std::move(r))));
+        },
+        std::move(on_chunk));
+  }
+
+  void treeDigest(const Repo& repo, const std::string& revision,
+                  std::function<void(Result<std::string>)> done) override {
+    if (auto s = checkRepo(repo, false); !s) return later(std::move(done), s.error());
+    if (auto s = checkRevision(revision); !s) return later(std::move(done), s.error());
+    state_->request({{"op", "digest"}, {"proxy", repo.proxy}, {"revision", revision}},
+                    kLocalTimeout, "the tree digest of " + revision,
+                    [revision, done = std::move(done)](Result<json> r) {
+                      if (!r) return done(r.error());
+                      if (!r->is_string() || r->get<std::string>().size() != 40)
+                        return done(Error{"the Breezy helper gave no tree id for " + revision});
+                      done(r->get<std::string>());
+                    });
+  }
+
+  void forget(const Repo& repo, std::function<void(Status)> done) override {
+    if (auto s = checkRepo(repo, false); !s) return later(std::move(done), s.error());
+    std::weak_ptr<State> weak = state_;
+    state_->serialise(repo.proxy, [weak, repo, done = std::move(done)](
+                                      std::function<void()> release) mutable {
+      auto self = weak.lock();
+      if (!self) return;
+      std::error_code ec;
+      if (!fs::exists(fs::path(repo.proxy) / repo.ref_prefix, ec)) {  // nothing to forget
+        release();
+        return self->host().post([weak, done = std::move(done)] {
+          if (weak.lock()) done(ok());
+        });
+      }
+      self->request({{"op", "forget"}, {"proxy", repo.proxy}, {"prefix", repo.ref_prefix}},
+                    kLocalTimeout, "forgetting " + repo.ref_prefix + " in " + repo.proxy,
+                    [release, done = std::move(done)](Result<json> r) {
+                      release();
+                      done(r ? ok() : Status(r.error()));
+                    });
+    });
+  }
+
+ private:
+  Host& host_;
+  std::shared_ptr<State> state_;
+};
+
+std::unique_ptr<Vcs> makeBzrVcs(Host& host) { return std::make_unique<BzrVcs>(host); }
+
+}  // namespace
+
+const PluginDescriptor& describe() {
+  static const PluginDescriptor d{.abi_version = kPluginAbiVersion,
+                                  .kind = PluginKind::vcs,
+                                  .name = "bzr",
+                                  .version = "1.0",
+                                  .description = "Bazaar, through Breezy",
+                                  .make_vcs = &makeBzrVcs,
+                                  .make_step = nullptr};
+  return d;
+}
+
+}  // namespace pefnos::bzr
+
+PEFNOS_PLUGIN(pefnos::bzr::describe)

@@ -1,0 +1,92 @@
+// `pefnos worker` and `pefnos ctl worker-secret`.
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "core/base/log.h"
+#include "core/cli/cli.h"
+#include "core/loop/loop.h"
+#include "core/protocol/auth.h"
+#include "core/worker/worker.h"
+
+namespace pefnos::cli {
+
+int runWorker(const WorkerArgs& args) {
+  worker::Options o;
+  const auto colon = args.master.rfind(':');
+  if (colon == std::string::npos) fail("--master wants HOST:PORT, not '" + args.master + "'");
+  o.master_host = args.master.substr(0, colon);
+  try {
+    o.master_port = std::stoi(args.master.substr(colon + 1));
+  } catch (const std::exception&) {
+    fail("--master wants HOST:PORT, not '" + args.master + "'");
+  }
+  o.name = args.name;
+  auto secret = worker::readSecretFile(args.secret_file);
+  if (!secret) fail(secret.error().message);
+  o.secret = *secret;
+  o.slots = args.slots;
+  o.workdir = args.workdir.empty() ? (std::filesystem::current_path() / "pefnos-work").string()
+                                   : std::filesystem::absolute(args.workdir).string();
+  std::error_code ec;
+  std::filesystem::create_directories(o.workdir, ec);
+  if (ec) fail("cannot create the work directory " + o.workdir + ": " + ec.message());
+  for (size_t start = 0; start < args.tags.size();) {
+    size_t end = args.tags.find(',', start);
+    if (end == std::string::npos) end = args.tags.size();
+    std::string kv = args.tags.substr(start, end - start);
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) fail("--tags wants k=v,k=v, not '" + kv + "'");
+    o.tags[kv.substr(0, eq)] = kv.substr(eq + 1);
+    start = end + 1;
+  }
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  int rc = 0;
+  {
+    worker::Worker w(&loop, o);
+    loop::Signal sigint(&loop), sigterm(&loop);
+    auto stop = [&](int) {
+      log::info("worker", "stopping");
+      sigint.stop();
+      sigterm.stop();
+      w.stop();
+    };
+    if (auto s = sigint.start(SIGINT, stop); !s) fail(s.error().message);
+    if (auto s = sigterm.start(SIGTERM, stop); !s) fail(s.error().message);
+    log::info("worker", "worker '", o.name, "' for ", args.master, ", ", o.slots, " slots, work in ", o.workdir);
+    w.start([&](const std::string&) {
+      rc = 2;
+      sigint.stop();
+      sigterm.stop();
+    });
+    uv_run(&loop, UV_RUN_DEFAULT);
+  }
+  return closeLoop(&loop, rc);
+}
+
+int workerSecret(const DbArgs& db, const std::string& name, const std::string& secret_file) {
+  if (!std::filesystem::exists(secret_file)) {
+    {
+      std::ofstream out(secret_file);
+      out << protocol::newNonce() << "\n";
+      if (!out) fail("cannot write " + secret_file);
+    }
+    std::filesystem::permissions(secret_file, std::filesystem::perms::owner_read |
+                                                  std::filesystem::perms::owner_write);
+    std::cout << "made a new secret in " << secret_file << "\n";
+  }
+  auto secret = worker::readSecretFile(secret_file);
+  if (!secret) fail(secret.error().message);
+  auto conn = connectOrExit(db);
+  pqxx::work tx(*conn);
+  auto r = tx.exec_params("UPDATE pefnos.worker SET secret_hash = $2 WHERE name = $1 RETURNING id", name,
+                          protocol::makeVerifier(*secret));
+  if (r.empty()) fail("no worker named '" + name + "' (add it to the configuration first)");
+  tx.commit();
+  std::cout << "worker '" << name << "' now accepts the secret in " << secret_file << "\n";
+  return 0;
+}
+
+}  // namespace pefnos::cli
