@@ -444,7 +444,7 @@ struct Builds::Impl {
     // the number exact.
     tx.exec_params("SELECT 1 FROM pefnos.builder WHERE id = $1 FOR UPDATE", c.builder);
     auto running = tx.exec_params(
-        "SELECT count(*) < max(b.max_concurrent) FROM pefnos.builder b LEFT JOIN pefnos.build x"
+        "SELECT count(x.id) < max(b.max_concurrent) FROM pefnos.builder b LEFT JOIN pefnos.build x"
         " ON x.builder_id = b.id AND x.state IN ('pending', 'running') WHERE b.id = $1",
         c.builder);
     if (!running[0][0].as<bool>()) throw std::runtime_error("builder " + std::to_string(c.builder) + " became full");

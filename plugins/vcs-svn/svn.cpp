@@ -30,7 +30,7 @@ namespace pefnos::svn {
 namespace {
 namespace fs = std::filesystem;
 
-constexpr int kPollTimeout = 300;     // svn info / list / log: a poll must end
+constexpr int kPollTimeout = 300;       // svn info / list / log: a poll must end
 constexpr int kTransferTimeout = 3600;  // svnsync, export: big; svnsync resumes where it stopped
 constexpr size_t kErrorTail = 2000;     // what of a tool's stderr goes into an Error
 // In the mirror directory, beside svnsync's files: the source URL and its
@@ -51,8 +51,11 @@ std::vector<std::string> svnEnvironment() {
 // The tree digest's git must hash bytes as they are: no user or system
 // configuration (autocrlf, filters), and no attributes (see treeDigest).
 std::vector<std::string> gitEnvironment(const std::string& scratch) {
-  return {"GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1", "GIT_ATTR_NOSYSTEM=1",
-          "GIT_DIR=" + scratch + "/git", "GIT_INDEX_FILE=" + scratch + "/index",
+  return {"GIT_CONFIG_GLOBAL=/dev/null",
+          "GIT_CONFIG_NOSYSTEM=1",
+          "GIT_ATTR_NOSYSTEM=1",
+          "GIT_DIR=" + scratch + "/git",
+          "GIT_INDEX_FILE=" + scratch + "/index",
           "GIT_WORK_TREE=" + scratch + "/tree"};
 }
 
@@ -170,8 +173,10 @@ class Pipeline : public Running {
     current_ = std::move(process);
     streaming_ = streaming;
     if (!current_) return;
-    if (killed_) current_->kill();
-    else if (paused_ && streaming_) current_->pause();
+    if (killed_)
+      current_->kill();
+    else if (paused_ && streaming_)
+      current_->pause();
   }
   bool killed() const { return killed_; }
 
@@ -218,8 +223,8 @@ class State : public std::enable_shared_from_this<State> {
   // or reading a user's configuration, then args (put "--" in them yourself).
   std::vector<std::string> svn(const std::string& program, const std::string& subcommand,
                                std::initializer_list<std::string> args) const {
-    std::vector<std::string> argv{program, subcommand, "--non-interactive", "--no-auth-cache",
-                                  "--config-dir", config_dir_};
+    std::vector<std::string> argv{program,           subcommand,     "--non-interactive",
+                                  "--no-auth-cache", "--config-dir", config_dir_};
     argv.insert(argv.end(), args);
     return argv;
   }
@@ -325,8 +330,8 @@ class State : public std::enable_shared_from_this<State> {
   void makeConfigDir() {
     std::string templ = (fs::temp_directory_path() / "pefnos-svn-config-XXXXXX").string();
     if (!mkdtemp(templ.data())) {
-      config_error_ = "cannot make svn's private configuration directory: " +
-                      std::string(std::strerror(errno));
+      config_error_ =
+          "cannot make svn's private configuration directory: " + std::string(std::strerror(errno));
       return;
     }
     config_dir_ = templ;
@@ -377,8 +382,8 @@ class SvnVcs final : public Vcs {
     if (url.empty()) return later(std::move(done), Error{repoName(repo) + " has no URL"});
     auto search = BranchSearch::make(repo.branches);
     if (!search) return later(std::move(done), Error{url + ": " + search.error().message});
-    auto listing = std::make_shared<Listing>(
-        Listing{url, url, 0, std::move(search.value()), std::move(done)});
+    auto listing =
+        std::make_shared<Listing>(Listing{url, url, 0, std::move(search.value()), std::move(done)});
     for (const auto& b : repo.branches) listing->key += (b.pattern ? "\n*" : "\n=") + b.name;
 
     // The youngest revision first: unchanged, the last answer still holds.
@@ -389,29 +394,36 @@ class SvnVcs final : public Vcs {
       }
     }
     std::weak_ptr<State> weak = state_;
-    state_->start(spec(state_->svn("svn", "info", {"--show-item", "revision", "--", url}),
-                       kPollTimeout),
-                  [this, weak, listing](ProcessResult r) {
-                    if (!r.ok()) return listing->done(failure("svn info " + listing->url, r));
-                    auto youngest = parseYoungest(r.out);
-                    if (!youngest)
-                      return listing->done(Error{"svn info " + listing->url +
-                                                 " printed no revision: " + trimmed(r.out)});
-                    listAt(listing, *youngest);
-                  });
+    state_->start(
+        spec(state_->svn("svn", "info", {"--show-item", "revision", "--", url}), kPollTimeout),
+        [this, weak, listing](ProcessResult r) {
+          if (!r.ok()) return listing->done(failure("svn info " + listing->url, r));
+          auto youngest = parseYoungest(r.out);
+          if (!youngest)
+            return listing->done(
+                Error{"svn info " + listing->url + " printed no revision: " + trimmed(r.out)});
+          listAt(listing, *youngest);
+        });
   }
 
-  void updateProxy(const Repo& repo, const std::vector<std::string>& /*branches: one sync
-                                                                        brings them all*/,
+  // One sync brings every branch; the names are only checked, so that a
+  // hostile one is refused here as by every other VCS.
+  void updateProxy(const Repo& repo, const std::vector<std::string>& branches,
                    std::function<void(Status)> done) override {
     if (!state_->configError().empty()) return later(std::move(done), Error{state_->configError()});
+    for (const auto& b : branches) {
+      if (!isValidBranchPath(b)) {
+        return later(std::move(done), Error{"refusing branch path '" + b + "' of " + repo.url +
+                                            ": not a plain relative path"});
+      }
+    }
     auto mirror = mirrorOf(repo);
     if (!mirror) return later(std::move(done), mirror.error());
     std::string url = withoutTrailingSlash(repo.url);
     if (url.empty()) return later(std::move(done), Error{repoName(repo) + " has no URL"});
     std::weak_ptr<State> weak = state_;
-    state_->serialise(mirror->dir, [this, weak, url, mirror = *mirror, done = std::move(done)](
-                                       std::function<void()> release) mutable {
+    state_->serialise(mirror->dir, [this, weak, url, mirror = *mirror,
+                                    done = std::move(done)](std::function<void()> release) mutable {
       if (!weak.lock()) return;
       auto finish = [release, done = std::move(done)](Status s) {
         release();
@@ -451,17 +463,18 @@ class SvnVcs final : public Vcs {
     }
     if (limit == 0) return later(std::move(done), std::vector<CommitInfo>{});
     // One more than asked: the oldest one returned needs its parent's id.
-    auto argv = state_->svn("svn", "log", {"--xml", "--verbose", "--limit", std::to_string(limit + 1),
-                                           "--", target->url});
-    state_->start(spec(std::move(argv), kPollTimeout),
-                  [to, target = *target, excluded = std::move(excluded), limit,
-                   done = std::move(done)](ProcessResult r) {
-                    if (!r.ok())
-                      return done(failure("svn log " + to + " (mirror of " + target.source.url + ")", r));
-                    auto log = parseLog(r.out);
-                    if (!log) return done(Error{"svn log " + to + ": " + log.error().message});
-                    done(branchHistory(*log, target.path, target.source.root, excluded, limit));
-                  });
+    auto argv = state_->svn(
+        "svn", "log",
+        {"--xml", "--verbose", "--limit", std::to_string(limit + 1), "--", target->url});
+    state_->start(
+        spec(std::move(argv), kPollTimeout), [to, target = *target, excluded = std::move(excluded),
+                                              limit, done = std::move(done)](ProcessResult r) {
+          if (!r.ok())
+            return done(failure("svn log " + to + " (mirror of " + target.source.url + ")", r));
+          auto log = parseLog(r.out);
+          if (!log) return done(Error{"svn log " + to + ": " + log.error().message});
+          done(branchHistory(*log, target.path, target.source.root, excluded, limit));
+        });
   }
 
   std::shared_ptr<Running> exportTree(const Repo& repo, const std::string& revision,
@@ -470,24 +483,24 @@ class SvnVcs final : public Vcs {
     auto pipeline = std::make_shared<Pipeline>();
     std::weak_ptr<State> weak = state_;
     std::weak_ptr<Pipeline> weak_pipeline = pipeline;
-    exportScratch(repo, revision, pipeline,
-                  [weak, weak_pipeline, revision, on_chunk = std::move(on_chunk),
-                   done = std::move(done)](const std::string& scratch,
-                                           std::function<void(Status)> cleanup) mutable {
-                    auto self = weak.lock();
-                    if (!self) return;
-                    // Streamed as it comes: a tree may be far bigger than memory.
-                    auto tar = self->start(
-                        spec({"tar", "--create", "--file=-", "--sort=name", "--numeric-owner",
-                              "--directory=" + scratch + "/tree", "."},
-                             kTransferTimeout),
-                        [revision, cleanup = std::move(cleanup)](ProcessResult r) {
-                          cleanup(r.ok() ? ok() : Status(failure("tar of " + revision, r)));
-                        },
-                        std::move(on_chunk));
-                    if (auto p = weak_pipeline.lock()) p->attach(tar, true);
-                  },
-                  [done](Status s) mutable { done(std::move(s)); });
+    exportScratch(
+        repo, revision, pipeline,
+        [weak, weak_pipeline, revision, on_chunk = std::move(on_chunk), done = std::move(done)](
+            const std::string& scratch, std::function<void(Status)> cleanup) mutable {
+          auto self = weak.lock();
+          if (!self) return;
+          // Streamed as it comes: a tree may be far bigger than memory.
+          auto tar = self->start(
+              spec({"tar", "--create", "--file=-", "--sort=name", "--numeric-owner",
+                    "--directory=" + scratch + "/tree", "."},
+                   kTransferTimeout),
+              [revision, cleanup = std::move(cleanup)](ProcessResult r) {
+                cleanup(r.ok() ? ok() : Status(failure("tar of " + revision, r)));
+              },
+              std::move(on_chunk));
+          if (auto p = weak_pipeline.lock()) p->attach(tar, true);
+        },
+        [done](Status s) mutable { done(std::move(s)); });
     return pipeline;
   }
 
@@ -515,8 +528,8 @@ class SvnVcs final : public Vcs {
     auto mirror = mirrorOf(repo);
     if (!mirror) return later(std::move(done), mirror.error());
     std::weak_ptr<State> weak = state_;
-    state_->serialise(mirror->dir, [weak, dir = mirror->dir, done = std::move(done)](
-                                       std::function<void()> release) mutable {
+    state_->serialise(mirror->dir, [weak, dir = mirror->dir,
+                                    done = std::move(done)](std::function<void()> release) mutable {
       auto self = weak.lock();
       if (!self) return;
       std::error_code ec;
@@ -543,7 +556,8 @@ class SvnVcs final : public Vcs {
   };
 
   static Error notAnId(const std::string& id) {
-    return Error{"'" + id + "' is not an svn revision id (PATH@REVISION, PATH relative to the "
+    return Error{"'" + id +
+                 "' is not an svn revision id (PATH@REVISION, PATH relative to the "
                  "repository URL)"};
   }
 
@@ -555,13 +569,15 @@ class SvnVcs final : public Vcs {
     if (!mirror) return mirror.error();
     auto source = readSource(*mirror);
     if (!source)
-      return Error{"no svn mirror of " + repo.url + " in " + mirror->dir + " yet (updateProxy makes it)"};
+      return Error{"no svn mirror of " + repo.url + " in " + mirror->dir +
+                   " yet (updateProxy makes it)"};
     std::string path = source->root + "/" + id->path;
     return Readable{*source, joinUrl(mirror->url, path) + "@" + std::to_string(id->revision), path};
   }
 
   // Makes the mirror if it is missing, half-made or made from another URL.
-  void ensureMirror(const std::string& url, const Mirror& mirror, std::function<void(Status)> done) {
+  void ensureMirror(const std::string& url, const Mirror& mirror,
+                    std::function<void(Status)> done) {
     auto source = readSource(mirror);
     if (source && source->url == url) return done(ok());
     std::weak_ptr<State> weak = state_;
@@ -594,7 +610,8 @@ class SvnVcs final : public Vcs {
     // Half-made (killed before initialize finished) or from another URL: start again.
     state_->start(spec({"rm", "-rf", "--", mirror.dir}, kTransferTimeout),
                   [mirror, make, done](ProcessResult r) {
-                    if (!r.ok()) return done(failure("removing the stale svn mirror " + mirror.dir, r));
+                    if (!r.ok())
+                      return done(failure("removing the stale svn mirror " + mirror.dir, r));
                     make();
                   });
   }
@@ -605,7 +622,8 @@ class SvnVcs final : public Vcs {
     // repository refuses to change without this hook; /bin/true allows all.
     std::error_code ec;
     fs::create_symlink("/bin/true", fs::path(mirror.dir) / "hooks" / "pre-revprop-change", ec);
-    if (ec) return done(Error{"cannot install the revprop hook in " + mirror.dir + ": " + ec.message()});
+    if (ec)
+      return done(Error{"cannot install the revprop hook in " + mirror.dir + ": " + ec.message()});
     state_->start(spec(state_->svn("svnsync", "initialize", {"--", mirror.url, url}), kPollTimeout),
                   [url, mirror, root, done](ProcessResult r) {
                     if (!r.ok()) return done(failure("svnsync initialize from " + url, r));
@@ -616,7 +634,8 @@ class SvnVcs final : public Vcs {
   // svn export of a revision into <scratch>/tree; then work(scratch, cleanup),
   // whose cleanup(status) removes the scratch directory and calls done. Every
   // path through here removes the directory, failures included.
-  void exportScratch(const Repo& repo, const std::string& revision, std::shared_ptr<Pipeline> pipeline,
+  void exportScratch(const Repo& repo, const std::string& revision,
+                     std::shared_ptr<Pipeline> pipeline,
                      std::function<void(const std::string&, std::function<void(Status)>)> work,
                      std::function<void(Status)> done) {
     auto target = readable(repo, revision);
@@ -632,14 +651,15 @@ class SvnVcs final : public Vcs {
     // Repository form: no keyword expansion, no externals (other servers,
     // other credentials, another revision). The trailing '@' keeps svn from
     // reading an '@' in the proxy's path as a peg revision.
-    auto argv = state_->svn("svn", "export", {"--quiet", "--ignore-keywords", "--ignore-externals",
-                                              "--", target->url, *scratch + "/tree@"});
-    auto running = state_->start(
-        spec(std::move(argv), kTransferTimeout),
-        [revision, dir = *scratch, work = std::move(work), cleanup](ProcessResult r) {
-          if (!r.ok()) return cleanup(failure("svn export " + revision, r));
-          work(dir, cleanup);
-        });
+    auto argv = state_->svn("svn", "export",
+                            {"--quiet", "--ignore-keywords", "--ignore-externals", "--",
+                             target->url, *scratch + "/tree@"});
+    auto running =
+        state_->start(spec(std::move(argv), kTransferTimeout),
+                      [revision, dir = *scratch, work = std::move(work), cleanup](ProcessResult r) {
+                        if (!r.ok()) return cleanup(failure("svn export " + revision, r));
+                        work(dir, cleanup);
+                      });
     if (pipeline) pipeline->attach(running, false);
   }
 
@@ -673,15 +693,16 @@ class SvnVcs final : public Vcs {
                 auto self = weak.lock();
                 if (!self) return;
                 if (!r.ok()) return done(failure("git add for the digest of " + revision, r));
-                self->start(spec({"git", "write-tree"}, kPollTimeout, env, scratch + "/tree"),
-                            [revision, done](ProcessResult r) {
-                              if (!r.ok())
-                                return done(failure("git write-tree for the digest of " + revision, r));
-                              std::string tree = trimmed(r.out);
-                              if (tree.size() != 40 && tree.size() != 64)
-                                return done(Error{"git write-tree printed no tree id for " + revision});
-                              done(std::move(tree));
-                            });
+                self->start(
+                    spec({"git", "write-tree"}, kPollTimeout, env, scratch + "/tree"),
+                    [revision, done](ProcessResult r) {
+                      if (!r.ok())
+                        return done(failure("git write-tree for the digest of " + revision, r));
+                      std::string tree = trimmed(r.out);
+                      if (tree.size() != 40 && tree.size() != 64)
+                        return done(Error{"git write-tree printed no tree id for " + revision});
+                      done(std::move(tree));
+                    });
               });
         });
   }
@@ -707,49 +728,54 @@ class SvnVcs final : public Vcs {
     std::string peg = "@" + std::to_string(listing->youngest);
     for (const auto& t : targets) argv.push_back(joinUrl(listing->url, t) + peg);
     std::weak_ptr<State> weak = state_;
-    state_->start(spec(std::move(argv), kPollTimeout), [this, weak, listing, targets](ProcessResult r) {
-      if (!weak.lock()) return;
-      bool some_missing = !r.ok() && r.started && r.exit_code == 1 && !r.timed_out &&
-                          !r.output_truncated && onlyMissingTargets(r.err);
-      if (!r.ok() && !some_missing) return listing->done(failure("svn list " + listing->url, r));
-      auto lists = parseLists(r.out);
-      if (!lists) return listing->done(Error{"svn list " + listing->url + ": " + lists.error().message});
-      if (lists->size() != targets.size())
-        return listing->done(Error{"svn list " + listing->url + " listed " +
-                                   std::to_string(lists->size()) + " of " +
-                                   std::to_string(targets.size()) + " directories"});
-      // The URL itself is the first target of the first round. Empty and
-      // possibly missing: ask svn which, so that a wrong URL is an error
-      // rather than a repository without branches.
-      if (some_missing && targets.front().empty() && lists->front().empty())
-        return checkUrl(listing, std::move(*lists));
-      listing->search.feed(*lists);
-      listRound(listing);
-    });
-  }
-
-  void checkUrl(const std::shared_ptr<Listing>& listing,
-                std::vector<BranchSearch::Listing> lists) {
-    std::string at = "@" + std::to_string(listing->youngest);
-    std::weak_ptr<State> weak = state_;
     state_->start(
-        spec(state_->svn("svn", "info", {"--show-item", "kind", "--", listing->url + at}), kPollTimeout),
-        [this, weak, listing, lists = std::move(lists), at](ProcessResult r) {
+        spec(std::move(argv), kPollTimeout), [this, weak, listing, targets](ProcessResult r) {
           if (!weak.lock()) return;
-          if (!r.ok())
-            return listing->done(failure("svn repository URL " + listing->url + " (at revision " +
-                                             at.substr(1) + ") does not exist or cannot be read: svn info",
-                                         r));
-          listing->search.feed(lists);
+          bool some_missing = !r.ok() && r.started && r.exit_code == 1 && !r.timed_out &&
+                              !r.output_truncated && onlyMissingTargets(r.err);
+          if (!r.ok() && !some_missing)
+            return listing->done(failure("svn list " + listing->url, r));
+          auto lists = parseLists(r.out);
+          if (!lists)
+            return listing->done(Error{"svn list " + listing->url + ": " + lists.error().message});
+          if (lists->size() != targets.size())
+            return listing->done(Error{"svn list " + listing->url + " listed " +
+                                       std::to_string(lists->size()) + " of " +
+                                       std::to_string(targets.size()) + " directories"});
+          // The URL itself is the first target of the first round. Empty and
+          // possibly missing: ask svn which, so that a wrong URL is an error
+          // rather than a repository without branches.
+          if (some_missing && targets.front().empty() && lists->front().empty())
+            return checkUrl(listing, std::move(*lists));
+          listing->search.feed(*lists);
           listRound(listing);
         });
+  }
+
+  void checkUrl(const std::shared_ptr<Listing>& listing, std::vector<BranchSearch::Listing> lists) {
+    std::string at = "@" + std::to_string(listing->youngest);
+    std::weak_ptr<State> weak = state_;
+    state_->start(spec(state_->svn("svn", "info", {"--show-item", "kind", "--", listing->url + at}),
+                       kPollTimeout),
+                  [this, weak, listing, lists = std::move(lists), at](ProcessResult r) {
+                    if (!weak.lock()) return;
+                    if (!r.ok())
+                      return listing->done(
+                          failure("svn repository URL " + listing->url + " (at revision " +
+                                      at.substr(1) + ") does not exist or cannot be read: svn info",
+                                  r));
+                    listing->search.feed(lists);
+                    listRound(listing);
+                  });
   }
 
   void finishListing(const std::shared_ptr<Listing>& listing) {
     if (!listing->search.refused().empty()) {
       std::string names;
-      for (const auto& n : listing->search.refused()) names += (names.empty() ? "'" : ", '") + n + "'";
-      host_.log(LogLevel::warning, listing->url + ": ignoring directories whose names are refused: " + names);
+      for (const auto& n : listing->search.refused())
+        names += (names.empty() ? "'" : ", '") + n + "'";
+      host_.log(LogLevel::warning,
+                listing->url + ": ignoring directories whose names are refused: " + names);
     }
     auto heads = listing->search.heads();
     state_->listed[listing->key] = State::Listed{listing->youngest, heads};

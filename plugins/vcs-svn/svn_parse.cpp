@@ -184,7 +184,8 @@ std::vector<std::string> BranchSearch::targets() const {
 void BranchSearch::feed(const std::vector<Listing>& listings) {
   std::map<std::string, const Listing*> by_target;
   auto names = targets();
-  for (size_t i = 0; i < names.size() && i < listings.size(); ++i) by_target[names[i]] = &listings[i];
+  for (size_t i = 0; i < names.size() && i < listings.size(); ++i)
+    by_target[names[i]] = &listings[i];
   auto pending = std::move(pending_);
   pending_.clear();
   first_round_ = false;
@@ -230,7 +231,8 @@ Result<std::vector<std::vector<BranchSearch::Entry>>> parseLists(std::string_vie
       e.name = entry.child_value("name");
       e.directory = std::string_view(entry.attribute("kind").value()) == "dir";
       auto rev = parseRevnum(entry.child("commit").attribute("revision").value());
-      if (e.name.empty() || !rev) return Error{"svn list printed an entry without name or revision"};
+      if (e.name.empty() || !rev)
+        return Error{"svn list printed an entry without name or revision"};
       e.last_changed = *rev;
       entries.push_back(std::move(e));
     }
@@ -254,7 +256,8 @@ bool onlyMissingTargets(std::string_view err) {
 
 Result<std::vector<LogEntry>> parseLog(std::string_view xml) {
   pugi::xml_document doc;
-  if (!doc.load_buffer(xml.data(), xml.size())) return Error{"svn log printed XML that does not parse"};
+  if (!doc.load_buffer(xml.data(), xml.size()))
+    return Error{"svn log printed XML that does not parse"};
   auto log = doc.child("log");
   if (!log) return Error{"svn log printed no <log>"};
   std::vector<LogEntry> out;
@@ -287,8 +290,8 @@ Result<std::vector<LogEntry>> parseLog(std::string_view xml) {
 
 std::string isoDate(std::string_view d) {
   // YYYY-MM-DDTHH:MM:SS, then svn's fraction and Z (always UTC).
-  if (d.size() < 20 || d[4] != '-' || d[7] != '-' || d[10] != 'T' || d[13] != ':' ||
-      d[16] != ':' || d.back() != 'Z')
+  if (d.size() < 20 || d[4] != '-' || d[7] != '-' || d[10] != 'T' || d[13] != ':' || d[16] != ':' ||
+      d.back() != 'Z')
     return std::string(d);
   return std::string(d.substr(0, 19)) + "+00:00";
 }
@@ -338,7 +341,8 @@ std::vector<CommitInfo> branchHistory(const std::vector<LogEntry>& log, std::str
     }
     newest_first.push_back(std::move(c));
   }
-  return {std::make_move_iterator(newest_first.rbegin()), std::make_move_iterator(newest_first.rend())};
+  return {std::make_move_iterator(newest_first.rbegin()),
+          std::make_move_iterator(newest_first.rend())};
 }
 
 }  // namespace pefnos::svn

@@ -106,7 +106,7 @@ Result<std::vector<std::vector<BranchSearch::Entry>>> parseLists(std::string_vie
 bool onlyMissingTargets(std::string_view svn_stderr);
 
 struct LogPath {
-  std::string path;  // repository path
+  std::string path;   // repository path
   char action = 'M';  // A, D, M, R
   bool directory = false;
   std::string copyfrom_path;  // empty unless copied

@@ -69,6 +69,20 @@ TEST(Up, DemoServesCommandsAndCtrlCLeavesNoProcessBehind) {
     EXPECT_EQ(scalar("SELECT count(*) FROM pefnos.commit WHERE message IN ('Start the Bazaar "
                      "demo', 'Start the Subversion demo')"),
               "2");
+    // The local worker builds them: git, bzr and svn sources unpacked and read.
+    // The fork is untrusted: its request waits for an untrusted worker.
+    if (round == 0) {
+      EXPECT_TRUE(waitUntil([&] { return scalar("SELECT count(*) FROM pefnos.build WHERE state = 'succeeded'") == "4"; },
+                            seconds(60)))
+          << scalar("SELECT coalesce(string_agg(state, ','), 'none') FROM pefnos.build") << up.output();
+      EXPECT_EQ(scalar("SELECT count(*) FROM pefnos.log WHERE position('in Bazaar' in convert_from(data, 'UTF8')) > 0"),
+                "1");
+      EXPECT_EQ(scalar("SELECT count(*) FROM pefnos.log WHERE position('in Subversion' in convert_from(data, 'UTF8')) > 0"),
+                "1");
+      EXPECT_EQ(scalar("SELECT r.state FROM pefnos.build_request r JOIN pefnos.branch b ON b.id = r.branch_id "
+                       "JOIN pefnos.repository p ON p.id = b.repository_id WHERE p.name = 'demo-fork'"),
+                "queued");
+    }
 
     EXPECT_EQ(up.stop(SIGINT, seconds(60)), 0) << up.output();
     EXPECT_FALSE(postmasterPid(home).has_value()) << "the server's pid file is still there";
