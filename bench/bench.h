@@ -47,5 +47,7 @@ double percentile(std::vector<double> samples, double p);
 int runNotify();
 int runPollGit();
 int runPollBzrSvn();
+int runBuilds();
+int runLogs();
 
 }  // namespace pefnos::bench

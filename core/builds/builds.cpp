@@ -18,6 +18,7 @@ namespace {
 using nlohmann::json;
 
 constexpr uint32_t kStderrBit = 0x80000000u;
+constexpr const char* kBuilderFull = "the builder became full meanwhile";
 constexpr size_t kHighWater = 1u << 20;  // bytes queued to a worker before a source export pauses
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -58,6 +59,14 @@ struct Claimed {
   std::map<int, std::vector<std::string>> previous;  // position → summaries, newest first
 };
 
+// A step's end as its row records it.
+struct StepEnd {
+  long long step = 0;
+  std::string state;
+  int exit_code = 0;
+  std::string summary;
+};
+
 }  // namespace
 
 struct Session;
@@ -94,7 +103,7 @@ struct Session : std::enable_shared_from_this<Session> {
   std::map<uint32_t, std::shared_ptr<Run>> channels;
   uint32_t next_channel = 1;
   uint64_t last_heard = 0;
-  bool claiming = false, reading_paused = false;
+  bool claiming = false, claim_again = false, reading_paused = false;
   std::vector<std::function<void()>> on_drain;  // source exports waiting for the socket
 
   size_t freeSlots() const { return runs.size() >= static_cast<size_t>(slots) ? 0 : slots - runs.size(); }
@@ -385,7 +394,11 @@ struct Builds::Impl {
 
   void dispatch() {
     for (const auto& s : sessions) {
-      if (s->state == Session::State::ready && !s->claiming && s->freeSlots() > 0) claim(s);
+      if (s->state != Session::State::ready || s->freeSlots() == 0) continue;
+      // A claim already running may have looked before the newest request
+      // was committed: it claims once more when it is done.
+      if (s->claiming) s->claim_again = true;
+      else claim(s);
     }
   }
 
@@ -398,12 +411,23 @@ struct Builds::Impl {
         [this, weak, alive = std::weak_ptr<bool>(alive)](Result<std::optional<Claimed>> r) {
           if (alive.expired()) return;
           auto s = weak.lock();
-          if (s) s->claiming = false;
+          bool again = false;
+          if (s) {
+            s->claiming = false;
+            again = s->claim_again;
+            s->claim_again = false;
+          }
           if (!r) {
-            log::error("builds", "claiming a build request: ", r.error().message);
+            if (r.error().message.find(kBuilderFull) == std::string::npos) {
+              log::error("builds", "claiming a build request: ", r.error().message);
+            }
+            if (again || r.error().message.find(kBuilderFull) != std::string::npos) dispatchSoon();
             return;
           }
-          if (!*r) return;  // nothing this worker may run
+          if (!*r) {  // nothing this worker may run (unless something came meanwhile)
+            if (again && s && s->state == Session::State::ready) claim(s);
+            return;
+          }
           if (!s || s->state != Session::State::ready) {
             // The worker went away meanwhile: the claim goes back.
             auto run = std::make_shared<Run>();
@@ -447,7 +471,8 @@ struct Builds::Impl {
         "SELECT count(x.id) < max(b.max_concurrent) FROM pefnos.builder b LEFT JOIN pefnos.build x"
         " ON x.builder_id = b.id AND x.state IN ('pending', 'running') WHERE b.id = $1",
         c.builder);
-    if (!running[0][0].as<bool>()) throw std::runtime_error("builder " + std::to_string(c.builder) + " became full");
+    // Rolled back: another claim filled the builder between our two looks.
+    if (!running[0][0].as<bool>()) throw std::runtime_error(kBuilderFull);
     auto build = tx.exec_params(
         "INSERT INTO pefnos.build (request_id, builder_id, number, worker_id, master, state, started_at)"
         " SELECT $1, $2, coalesce(max(number), 0) + 1, $3, $4, 'running', now() FROM pefnos.build WHERE builder_id = $2"
@@ -462,6 +487,9 @@ struct Builds::Impl {
         " FROM pefnos.builder b, jsonb_array_elements(CASE WHEN jsonb_typeof(b.steps) = 'array' THEN b.steps"
         "  ELSE '[]'::jsonb END) WITH ORDINALITY AS t(s, o) WHERE b.id = $2",
         c.build, c.builder);
+    // The first step runs from now: one transaction less on the way to the worker.
+    tx.exec_params("UPDATE pefnos.step SET state = 'running', started_at = now() WHERE build_id = $1 AND position = 0",
+                   c.build);
     for (const auto& st : tx.exec_params(
              "SELECT st.id, st.position, st.type, (b.steps -> st.position)::text FROM pefnos.step st"
              " JOIN pefnos.builder b ON b.id = $2 WHERE st.build_id = $1 ORDER BY st.position",
@@ -570,30 +598,12 @@ struct Builds::Impl {
     if (problem.empty() && !run->claimed.repository_trusted && s && s->trusted) {
       problem = "refusing to run an untrusted repository's build on trusted worker '" + s->name + "'";
     }
-    const long long step_id = row.id;
-    std::weak_ptr<Run> weak = run;
-    db.transact<int>(
-        [step_id, problem](pqxx::work& tx) {
-          if (problem.empty()) {
-            tx.exec_params("UPDATE pefnos.step SET state = 'running', started_at = now() WHERE id = $1", step_id);
-          } else {
-            tx.exec_params("UPDATE pefnos.step SET state = 'error', started_at = now(), finished_at = now(),"
-                           " summary = jsonb_build_object('message', $2::text) WHERE id = $1",
-                           step_id, problem);
-          }
-          return 0;
-        },
-        [this, weak, problem](Result<int> r) {
-          auto run = weak.lock();
-          if (!run || run->over) return;
-          if (!r) return finishBuild(run, "error", "recording a step: " + r.error().message);
-          if (!problem.empty()) {
-            run->worst = "error";
-            return finishBuild(run, "error", problem);
-          }
-          nextCommand(run);
-        },
-        db::Retry::on_reconnect);
+    // The step's row already says running (the claim or the previous step's end wrote it).
+    if (!problem.empty()) {
+      run->worst = "error";
+      return finishBuild(run, "error", problem, StepEnd{row.id, "error", -1, dump(json{{"message", problem}})});
+    }
+    nextCommand(run);
   }
 
   void nextCommand(const std::shared_ptr<Run>& run) {
@@ -710,23 +720,26 @@ struct Builds::Impl {
     const std::string state = run->stopping ? "cancelled" : stateName(result.state);
     const int exit_code = run->outcomes.empty() ? 0 : run->outcomes.back().exit_code;
     if (severity(state) > severity(run->worst)) run->worst = state == "cancelled" ? "cancelled" : state;
-    const long long step_id = row.id;
+    StepEnd end{row.id, state, exit_code, dump(summary)};
     std::weak_ptr<Run> weak = run;
     // The step's output is stored before the step is said to be over.
-    logs.flushStep(step_id, [this, weak, step_id, state, exit_code, summary = dump(summary)](Status) {
+    logs.flushStep(row.id, [this, weak, end](Status) {
+      auto run = weak.lock();
+      if (!run || run->over) return;
+      const bool go_on = !run->stopping && (end.state == "succeeded" || end.state == "warnings") &&
+                         run->step + 1 < run->claimed.steps.size();
+      if (!go_on) return finishBuild(run, run->stopping ? "cancelled" : run->worst, run->stopping ? "stopped" : "", end);
+      const long long next = run->claimed.steps[run->step + 1].id;
       db.transact<int>(
-          [step_id, state, exit_code, summary](pqxx::work& tx) {
-            tx.exec_params("UPDATE pefnos.step SET state = $2, exit_code = $3, summary = $4::jsonb, finished_at = now()"
-                           " WHERE id = $1",
-                           step_id, state, exit_code, summary);
+          [end, next](pqxx::work& tx) {
+            recordStepEnd(tx, end);
+            tx.exec_params("UPDATE pefnos.step SET state = 'running', started_at = now() WHERE id = $1", next);
             return 0;
           },
-          [this, weak, state](Result<int> r) {
+          [this, weak](Result<int> r) {
             auto run = weak.lock();
             if (!run || run->over) return;
             if (!r) return finishBuild(run, "error", "recording a step: " + r.error().message);
-            if (run->stopping) return finishBuild(run, "cancelled", "stopped");
-            if (state != "succeeded" && state != "warnings") return finishBuild(run, run->worst, "");
             ++run->step;
             startStep(run);
           },
@@ -734,7 +747,15 @@ struct Builds::Impl {
     });
   }
 
-  void finishBuild(const std::shared_ptr<Run>& run, const std::string& state, const std::string& message) {
+  static void recordStepEnd(pqxx::work& tx, const StepEnd& end) {
+    tx.exec_params("UPDATE pefnos.step SET state = $2, exit_code = $3, summary = $4::jsonb, finished_at = now()"
+                   " WHERE id = $1",
+                   end.step, end.state, end.exit_code, end.summary);
+  }
+
+  // The build ends (with its last step's end, if given) in one transaction.
+  void finishBuild(const std::shared_ptr<Run>& run, const std::string& state, const std::string& message,
+                   std::optional<StepEnd> last = std::nullopt) {
     if (run->over) return;
     run->over = true;
     auto s = run->session.lock();
@@ -748,9 +769,11 @@ struct Builds::Impl {
     if (!message.empty()) summary["message"] = message;
     const long long build = run->claimed.build, request = run->claimed.request;
     db.transact<int>(
-        [build, request, state, summary = dump(summary)](pqxx::work& tx) {
-          tx.exec_params("UPDATE pefnos.step SET state = 'skipped', finished_at = now()"
-                         " WHERE build_id = $1 AND state = 'pending'",
+        [build, request, state, last, summary = dump(summary)](pqxx::work& tx) {
+          if (last) recordStepEnd(tx, *last);
+          // A step still running here was cut short (an error before its end).
+          tx.exec_params("UPDATE pefnos.step SET state = CASE WHEN state = 'running' THEN 'error' ELSE 'skipped' END,"
+                         " finished_at = now() WHERE build_id = $1 AND state IN ('pending', 'running')",
                          build);
           tx.exec_params("UPDATE pefnos.build SET state = $2, summary = $3::jsonb, finished_at = now() WHERE id = $1",
                          build, state, summary);
