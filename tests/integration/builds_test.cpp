@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <thread>
 
 #include "core/protocol/protocol.h"
 #include "tests/support/child.h"
@@ -323,6 +324,96 @@ TEST_F(Builds, StopEndsARunningBuild) {
   EXPECT_EQ(waitBuild(builder), "cancelled") << master_->output();
   EXPECT_LT(steady_clock::now() - started, seconds(20));
   EXPECT_EQ(tdb_.scalar("SELECT state FROM pefnos.build_request"), "done");
+}
+
+TEST_F(Builds, ConcurrencyLimitsAndSlotsAreKept) {
+  int repo = addRepository();
+  int one_at_a_time = addBuilder(R"([{"type": "shell", "argv": ["sleep", "0.5"]}])", false, "{}", 1);
+  int two_at_once = addBuilder(R"([{"type": "shell", "argv": ["sleep", "0.5"]}])", false, "{}", 2);
+  std::string secret = addWorker("w1");
+  startMaster();
+  auto worker = startWorker("w1", secret);  // 2 slots
+  poll(repo);
+  for (int b : {one_at_a_time, one_at_a_time, two_at_once, two_at_once}) {
+    tdb_.scalar("SELECT pefnos.force_build(" + std::to_string(b) + ", " + std::to_string(branch_) + ")");
+  }
+  int most_running = 0, most_of_one = 0;
+  const std::string running = "SELECT count(*) FROM pefnos.build WHERE state = 'running'";
+  const std::string of_one = running + " AND builder_id = " + std::to_string(one_at_a_time);
+  ASSERT_TRUE(waitUntil([&] {
+    most_running = std::max(most_running, std::stoi(tdb_.scalar(running)));
+    most_of_one = std::max(most_of_one, std::stoi(tdb_.scalar(of_one)));
+    return tdb_.scalar("SELECT count(*) FROM pefnos.build WHERE state = 'succeeded'") == "6";
+  }, seconds(60))) << master_->output();
+  EXPECT_EQ(most_of_one, 1) << "max_concurrent 1 ran two at once";
+  EXPECT_EQ(most_running, 2) << "a worker of 2 slots ran " << most_running << " at once";
+}
+
+TEST_F(Builds, AChattyStepIsStoredWholeAndInOrder) {
+  int repo = addRepository();
+  // 8 MiB of numbered lines: more than the master's log budget in flight.
+  int builder = addBuilder(R"([{"type": "shell", "argv": ["seq", "1", "1000000"]}])");
+  std::string secret = addWorker("w1");
+  startMaster();
+  auto worker = startWorker("w1", secret);
+  poll(repo);
+  EXPECT_EQ(waitBuild(builder, seconds(120)), "succeeded") << master_->output();
+  auto [rc, expected] = test::run({"seq", "1", "1000000"});
+  ASSERT_EQ(rc, 0);
+  EXPECT_EQ(tdb_.scalar("SELECT sum(length(data)) FROM pefnos.log"), std::to_string(expected.size()));
+  EXPECT_EQ(tdb_.scalar("SELECT md5(string_agg(data, ''::bytea ORDER BY seq)) FROM pefnos.log"),
+            tdb_.scalar("SELECT md5(" + q(expected) + "::bytea)"));
+  EXPECT_EQ(tdb_.scalar("SELECT max(seq) + 1 = count(*) FROM pefnos.log"), "t") << "a chunk is missing";
+}
+
+TEST_F(Builds, OutputBeyondTheLimitKillsTheCommand) {
+  int repo = addRepository();
+  int builder = addBuilder(R"([{"type": "shell", "argv": ["yes"], "max_output": 100000}])");
+  std::string secret = addWorker("w1");
+  startMaster();
+  auto worker = startWorker("w1", secret);
+  poll(repo);
+  EXPECT_EQ(waitBuild(builder), "failed") << master_->output();
+  EXPECT_NE(logOf(builder, 0).find("printed more than 100000 bytes"), std::string::npos);
+  EXPECT_LE(std::stoll(tdb_.scalar("SELECT sum(length(data)) FROM pefnos.log WHERE stream = 'out'")), 100000 + 65536);
+}
+
+TEST_F(Builds, ABuildDirectoryThatCannotBeMadeFailsTheBuild) {
+  int repo = addRepository();
+  int builder = addBuilder(R"([{"type": "shell", "argv": ["true"]}])");
+  std::string secret = addWorker("w1");
+  startMaster();
+  auto worker = startWorker("w1", secret);
+  ASSERT_TRUE(master_->waitOutput("worker 'w1' connected", seconds(20)));
+  // The work directory becomes a file: not even root can make a directory in it.
+  fs::remove_all(dir_.path() + "/work-w1");
+  std::ofstream(dir_.path() + "/work-w1") << "in the way\n";
+  poll(repo);
+  EXPECT_EQ(waitBuild(builder), "error") << master_->output();
+  EXPECT_NE(tdb_.scalar("SELECT summary->>'message' FROM pefnos.build").find("cannot create the build directory"),
+            std::string::npos);
+}
+
+TEST_F(Builds, AMasterKilledMidBuildLosesNothingWhenItStartsAgain) {
+  int repo = addRepository();
+  int builder = addBuilder(R"([{"type": "shell", "argv": ["sh", "-c", "echo begun; sleep 3; echo finished"]}])");
+  std::string secret = addWorker("w1");
+  startMaster();
+  const int port = port_;
+  auto worker = startWorker("w1", secret);
+  poll(repo);
+  ASSERT_TRUE(waitUntil([&] { return logOf(builder, 0) == "begun\n"; }, seconds(20))) << master_->output();
+  master_->stop(SIGKILL, seconds(5));
+  // The same name and port: the worker finds it again, the master gives back what it held.
+  master_ = std::make_unique<Child>(std::vector<std::string>{
+      test::pefnosBinary(), "master", "--db", tdb_.conninfo(), "--name", "m", "--state-dir", dir_.path() + "/state",
+      "--workers", "127.0.0.1:" + std::to_string(port)});
+  EXPECT_TRUE(waitUntil([&] { return tdb_.scalar("SELECT count(*) FROM pefnos.build WHERE state = 'succeeded'") == "1"; },
+                        seconds(60)))
+      << master_->output() << worker->output();
+  EXPECT_EQ(tdb_.scalar("SELECT string_agg(state, ',' ORDER BY number) FROM pefnos.build"), "interrupted,succeeded");
+  EXPECT_EQ(tdb_.scalar("SELECT state FROM pefnos.build_request"), "done");
+  EXPECT_EQ(tdb_.scalar("SELECT count(*) FROM pefnos.build_request"), "1");
 }
 
 }  // namespace
