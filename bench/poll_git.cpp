@@ -85,7 +85,7 @@ int runPollGit() {
   const auto t0 = Clock::now();
   pid_t master = spawn({PEFNOS_BINARY, "--log-level", "warning", "master", "--db",
                         cluster.conninfo(), "--name", "bench", "--state-dir",
-                        cluster.home() + "/state"});
+                        cluster.home() + "/state", "--workers", "none"});
   pqxx::connection c(cluster.conninfo());
   auto scalar = [&](const std::string& sql) {
     pqxx::nontransaction tx(c);

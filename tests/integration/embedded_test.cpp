@@ -32,7 +32,7 @@ TEST(Up, DemoServesCommandsAndCtrlCLeavesNoProcessBehind) {
   const std::string bin = test::pefnosBinary();
   pid_t server = 0;
   for (int round = 0; round < 2; ++round) {
-    Child up({bin, "up", "--home", home, "--demo"});
+    Child up({bin, "up", "--home", home, "--demo", "--workers", "127.0.0.1:0"});
     ASSERT_TRUE(up.waitOutput("pefnos is up", seconds(90))) << up.output();
     // The second run reuses the cluster the first one created.
     EXPECT_EQ(up.output().find("creating a PostgreSQL cluster") != std::string::npos, round == 0)
@@ -106,7 +106,7 @@ TEST(Outage, CommandsInsertedWhileTheServerWasDownRunAfterIt) {
   ASSERT_EQ(run({bin, "db", "migrate", "--home", home}).first, 0);
   const std::string conninfo = cluster::conninfo(cluster::layoutFor(home));
 
-  Child master({bin, "master", "--home", home, "--name", "survivor"});
+  Child master({bin, "master", "--workers", "none", "--home", home, "--name", "survivor"});
   auto ping = [&] {
     pqxx::connection c(conninfo);
     pqxx::work tx(c);

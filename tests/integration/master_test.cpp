@@ -17,7 +17,7 @@ class MasterTest : public ::testing::Test {
  protected:
   std::unique_ptr<Child> startMaster(const std::string& name = "m1") {
     return std::make_unique<Child>(std::vector<std::string>{
-        test::pefnosBinary(), "master", "--db", tdb_.conninfo(), "--name", name});
+        test::pefnosBinary(), "master", "--workers", "none", "--db", tdb_.conninfo(), "--name", name});
   }
   std::string state(const std::string& id) {
     return tdb_.scalar("SELECT state FROM pefnos.command WHERE id = " + id);

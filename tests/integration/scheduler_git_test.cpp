@@ -89,7 +89,7 @@ class SchedulerGit : public ::testing::Test {
   }
   void startMaster() {
     master_ = std::make_unique<Child>(std::vector<std::string>{
-        test::pefnosBinary(), "master", "--db", tdb_.conninfo(), "--name", "m",
+        test::pefnosBinary(), "master", "--workers", "none", "--db", tdb_.conninfo(), "--name", "m",
         "--state-dir", dir_.path() + "/state"});
   }
   // poll_now through the command table; returns the command's final row.

@@ -48,7 +48,7 @@ class SchedulerVcs : public ::testing::Test {
   }
   void startMaster() {
     master_ = std::make_unique<Child>(std::vector<std::string>{
-        test::pefnosBinary(), "master", "--db", tdb_.conninfo(), "--name", "m", "--state-dir",
+        test::pefnosBinary(), "master", "--workers", "none", "--db", tdb_.conninfo(), "--name", "m", "--state-dir",
         dir_.path() + "/state"});
   }
   // poll_now through the command table; returns the command's error or result.

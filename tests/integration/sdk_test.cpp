@@ -107,7 +107,7 @@ class Sdk : public ::testing::Test {
   }
   void startMaster(std::vector<std::string> extra = {}) {
     std::vector<std::string> argv = {
-        test::pefnosBinary(),  "master", "--db", tdb_.conninfo(), "--name", "m", "--state-dir",
+        test::pefnosBinary(),  "master", "--workers", "none", "--db", tdb_.conninfo(), "--name", "m", "--state-dir",
         dir_.path() + "/state"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     master_ = std::make_unique<Child>(argv);
