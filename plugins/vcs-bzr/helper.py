@@ -245,6 +245,11 @@ def pull(proxy, prefix, url, branches):
         dest.pull(source, overwrite=True)
 
 
+def op_pull(req):
+    pull(req["proxy"], req["prefix"], req["url"], req["branches"])
+    return None
+
+
 def op_forget(req):
     """Removes <proxy>/<prefix> (branch directories only, never revisions)."""
     proxy = os.path.realpath(req["proxy"])
@@ -472,7 +477,8 @@ def export(proxy, revision, out):
 # The server
 
 
-OPS = {"heads": op_heads, "commits": op_commits, "digest": op_digest, "forget": op_forget}
+OPS = {"heads": op_heads, "commits": op_commits, "digest": op_digest, "forget": op_forget,
+       "pull": op_pull}
 
 
 class Server:
