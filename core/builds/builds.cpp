@@ -19,6 +19,7 @@ using nlohmann::json;
 
 constexpr uint32_t kStderrBit = 0x80000000u;
 constexpr const char* kBuilderFull = "the builder became full meanwhile";
+constexpr uint64_t kHandshakeMs = 10000;  // hello to welcome, at most
 constexpr size_t kHighWater = 1u << 20;  // bytes queued to a worker before a source export pauses
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -85,6 +86,7 @@ struct Run {
   std::shared_ptr<Step> plugin;
   std::string worst = "succeeded";
   bool stopping = false;  // stop-build asked for it
+  bool started = false;   // the worker made its directory
   bool over = false;
 };
 
@@ -171,6 +173,7 @@ struct Builds::Impl {
       for (const auto& s : sessions) {
         if (s->reading_paused && s->stream) {
           s->reading_paused = false;
+          s->last_heard = uv_now(loop);
           (void)s->stream->resumeReading();
         }
       }
@@ -178,7 +181,13 @@ struct Builds::Impl {
     const uint64_t hb = static_cast<uint64_t>(options.heartbeat_seconds) * 1000;
     heartbeat.start(hb, hb, [this, hb] {
       for (auto s : std::vector<std::shared_ptr<Session>>(sessions.begin(), sessions.end())) {
-        if (s->state == Session::State::ready && uv_now(loop) - s->last_heard > 3 * hb) {
+        const uint64_t quiet = uv_now(loop) - s->last_heard;
+        if (s->state != Session::State::ready && s->state != Session::State::closed && quiet > kHandshakeMs) {
+          close(s, "no complete handshake in " + std::to_string(kHandshakeMs / 1000) + " s");
+          continue;
+        }
+        // While we do not read from it (the logs are behind), its heartbeats wait unread.
+        if (s->state == Session::State::ready && !s->reading_paused && quiet > 3 * hb) {
           close(s, "silent for " + std::to_string(3 * hb / 1000) + " s");
           continue;
         }
@@ -195,10 +204,13 @@ struct Builds::Impl {
   // and queued again, here.
   void takeOverExpired() {
     db.transact<int>(
-        [](pqxx::work& tx) {
-          auto expired = tx.exec(
+        [name = options.master_name](pqxx::work& tx) {
+          // Our own claims are ours whatever their lease says (it lapses while
+          // the database is away); a restart gives them back.
+          auto expired = tx.exec_params(
               "SELECT id FROM pefnos.build_request WHERE state = 'claimed' AND lease_until < now() "
-              "FOR UPDATE SKIP LOCKED");
+              "AND claimed_by <> $1 FOR UPDATE SKIP LOCKED",
+              name);
           for (const auto& row : expired) {
             long long id = row[0].as<long long>();
             tx.exec_params(
@@ -317,12 +329,16 @@ struct Builds::Impl {
     s->state = Session::State::closed;
     s->stream->stopReading();
     std::weak_ptr<Session> weak = s;
-    (void)s->stream->write("", [this, weak](Status) {
+    auto written = s->stream->write("", [this, weak](Status) {
       if (auto s = weak.lock()) {
         s->stream.reset();
         sessions.erase(s);
       }
     });
+    if (!written) {
+      s->stream.reset();
+      sessions.erase(s);
+    }
   }
 
   void hello(const std::shared_ptr<Session>& s, const json& m) {
@@ -371,10 +387,11 @@ struct Builds::Impl {
       return refuse(s, "unknown worker or wrong secret",
                     "'" + s->name + "': unknown worker or wrong secret");
     }
-    for (const auto& other : sessions) {
+    // The same worker again (it lost its connection before we noticed): it
+    // proved its secret, so the old session is the stale one.
+    for (auto other : std::vector<std::shared_ptr<Session>>(sessions.begin(), sessions.end())) {
       if (other != s && other->state == Session::State::ready && other->worker_id == s->worker_id) {
-        return refuse(s, "a worker named '" + s->name + "' is already connected",
-                      "'" + s->name + "' is already connected from " + other->peer);
+        close(other, "replaced by a new connection from " + s->peer);
       }
     }
     send(*s, {{"type", "welcome"},
@@ -557,6 +574,8 @@ struct Builds::Impl {
     auto it = s->runs.find(m.at("build").get<long long>());
     if (it == s->runs.end()) return;
     auto run = it->second;
+    if (run->started) return close(s, "build-ready twice for build " + std::to_string(run->claimed.build));
+    run->started = true;
     if (m.contains("error") && m["error"].is_string()) {
       return finishBuild(run, "error", "the worker could not start the build: " + m["error"].get<std::string>());
     }
@@ -635,11 +654,11 @@ struct Builds::Impl {
     }
     std::weak_ptr<Session> weak_s = s;
     std::weak_ptr<Run> weak_run = run;
-    auto on_chunk = [this, weak_s, weak_run](std::string_view chunk) {
+    auto on_chunk = [this, weak_s, weak_run, channel](std::string_view chunk) {
       auto s = weak_s.lock();
       auto run = weak_run.lock();
-      if (!s || !run) return;
-      write(*s, protocol::encodeData(run->channel, chunk));
+      if (!s || !run || run->channel != channel) return;
+      write(*s, protocol::encodeData(channel, chunk));
       // Back-pressure: the export waits while the worker's socket is full.
       if (s->stream && s->stream->writeQueueSize() > kHighWater && run->export_running) {
         run->export_running->pause();
@@ -651,7 +670,7 @@ struct Builds::Impl {
     auto done = [this, weak_s, weak_run, channel](Status status) {
       auto s = weak_s.lock();
       auto run = weak_run.lock();
-      if (!s || !run) return;
+      if (!s || !run || run->channel != channel || run->over) return;
       run->export_running.reset();
       if (!status) {
         // The worker's tar sees a truncated stream and fails; say why in the log.
@@ -684,6 +703,10 @@ struct Builds::Impl {
     if (it == s->channels.end()) return;
     auto run = it->second;
     s->channels.erase(it);
+    if (run->export_running) {  // tar ended before the export: the rest is not wanted
+      run->export_running->kill();
+      run->export_running.reset();
+    }
     CommandOutcome o;
     o.exit_code = m.value("exit_code", -1);
     o.signal = m.value("signal", 0);
@@ -733,7 +756,8 @@ struct Builds::Impl {
       db.transact<int>(
           [end, next](pqxx::work& tx) {
             recordStepEnd(tx, end);
-            tx.exec_params("UPDATE pefnos.step SET state = 'running', started_at = now() WHERE id = $1", next);
+            tx.exec_params("UPDATE pefnos.step SET state = 'running', started_at = now()"
+                           " WHERE id = $1 AND state = 'pending'", next);
             return 0;
           },
           [this, weak](Result<int> r) {
@@ -758,6 +782,7 @@ struct Builds::Impl {
                    std::optional<StepEnd> last = std::nullopt) {
     if (run->over) return;
     run->over = true;
+    if (run->export_running) run->export_running->kill();
     auto s = run->session.lock();
     if (s) {
       s->runs.erase(run->claimed.build);
@@ -769,25 +794,29 @@ struct Builds::Impl {
     if (!message.empty()) summary["message"] = message;
     const long long build = run->claimed.build, request = run->claimed.request;
     db.transact<int>(
-        [build, request, state, last, summary = dump(summary)](pqxx::work& tx) {
+        [build, request, state, last, master = options.master_name, summary = dump(summary)](pqxx::work& tx) {
           if (last) recordStepEnd(tx, *last);
           // A step still running here was cut short (an error before its end).
           tx.exec_params("UPDATE pefnos.step SET state = CASE WHEN state = 'running' THEN 'error' ELSE 'skipped' END,"
                          " finished_at = now() WHERE build_id = $1 AND state IN ('pending', 'running')",
                          build);
-          tx.exec_params("UPDATE pefnos.build SET state = $2, summary = $3::jsonb, finished_at = now() WHERE id = $1",
+          // Only while the build is still ours: an interruption (a lost lease
+          // taken over elsewhere) is never overwritten.
+          tx.exec_params("UPDATE pefnos.build SET state = $2, summary = $3::jsonb, finished_at = now()"
+                         " WHERE id = $1 AND state IN ('pending', 'running')",
                          build, state, summary);
           tx.exec_params("UPDATE pefnos.build_request SET state = 'done', claimed_by = NULL, lease_until = NULL,"
-                         " finished_at = now() WHERE id = $1",
-                         request);
+                         " finished_at = now() WHERE id = $1 AND state = 'claimed' AND claimed_by = $2",
+                         request, master);
           tx.exec_params("SELECT pg_notify('pefnos_build', $1::text)", build);
           return 0;
         },
-        [build](Result<int> r) {
+        [this, build, alive = std::weak_ptr<bool>(alive)](Result<int> r) {
+          if (alive.expired()) return;
           if (!r) log::error("builds", "recording the end of build ", build, ": ", r.error().message);
+          dispatchSoon();  // after the commit: a claim now sees the builder's freed place
         },
         db::Retry::on_reconnect);
-    dispatchSoon();
   }
 
   // The build stops where it is; its request is queued again (another worker runs it).
@@ -795,6 +824,7 @@ struct Builds::Impl {
     if (run->over) return;
     run->over = true;
     if (run->export_running) run->export_running->kill();
+    if (run->step < run->claimed.steps.size()) logs.flushStep(run->claimed.steps[run->step].id, [](Status) {});
     ++counters.builds_finished;
     const long long build = run->claimed.build, request = run->claimed.request;
     db.transact<int>(
@@ -825,16 +855,21 @@ struct Builds::Impl {
                   std::function<void(Result<json>)> done) {
     db.transact<json>(
         [builder, branch, revision](pqxx::work& tx) {
+          auto head = tx.exec_params(
+              "SELECT coalesce(nullif($2, ''), h.revision) FROM pefnos.branch br"
+              " LEFT JOIN pefnos.branch_head h ON h.branch_id = br.id WHERE br.id = $1",
+              branch, revision);
+          if (head.empty()) throw std::runtime_error("no branch with id " + std::to_string(branch));
+          if (head[0][0].is_null()) {
+            throw std::runtime_error("branch " + std::to_string(branch) +
+                                     " has no head yet (not polled?) and no revision was given");
+          }
           auto r = tx.exec_params(
               "INSERT INTO pefnos.build_request (builder_id, branch_id, commit_id, revision, reason, priority)"
-              " SELECT $1, $2, h.commit_id, coalesce(nullif($3, ''), h.revision), 'force', 10"
-              " FROM pefnos.branch br LEFT JOIN pefnos.branch_head h ON h.branch_id = br.id WHERE br.id = $2"
+              " SELECT $1, $2, (SELECT c.id FROM pefnos.commit c JOIN pefnos.branch_head h ON h.commit_id = c.id"
+              "  WHERE h.branch_id = $2 AND h.revision = $3), $3, 'force', 10"
               " RETURNING id, revision",
-              builder, branch, revision);
-          if (r.empty() || r[0][1].is_null()) {
-            throw std::runtime_error("branch " + std::to_string(branch) +
-                                     " has no head yet and no revision was given");
-          }
+              builder, branch, head[0][0].as<std::string>());
           return json{{"request", r[0][0].as<long long>()}, {"revision", r[0][1].as<std::string>()}};
         },
         [this, done = std::move(done)](Result<json> r) {

@@ -33,7 +33,9 @@ void LogWriter::flushStep(long long step_id, std::function<void(Status)> done) {
   if (it == steps_.end()) return done(ok());  // it printed nothing
   // The step has ended: once its last rows are in, it is forgotten.
   it->second.waiters.push_back([this, step_id, done = std::move(done)](Status s) {
-    steps_.erase(step_id);
+    // Forgotten once nothing of it waits; a late line keeps it (and its seq) until written.
+    auto it = steps_.find(step_id);
+    if (it != steps_.end() && it->second.chunks.empty()) steps_.erase(it);
     done(std::move(s));
   });
   if (!flushing_) {

@@ -153,8 +153,8 @@ class Process {
   Status writeStdin(std::string data, std::function<void(Status)> done);
   Status closeStdin();  // EOF for the child, after queued writes
   void unref();         // a detached daemon child does not keep the loop alive
-  // Back-pressure: stop reading the child's stdout (it blocks once the pipe
-  // is full) until resumeOutput().
+  // Back-pressure: stop reading the child's stdout and stderr (it blocks once
+  // a pipe is full) until resumeOutput().
   void pauseOutput();
   void resumeOutput();
 

@@ -17,7 +17,8 @@ struct Process::Impl {
   int open_handles = 0;
   int open_reads = 0;  // stdout/stderr pipes not yet at EOF
   bool exited = false, exit_reported = false;
-  bool reading_stdout = false, stdout_ended = false;
+  bool reading[3] = {false, false, false};  // stdout [1], stderr [2]: being read now
+  bool ended[3] = {false, false, false};    // at EOF
   bool owner_gone = false;
   int64_t exit_status = 0;
   int term_signal = 0;
@@ -54,10 +55,9 @@ void onRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   if (n != UV_EOF)
     log::warning("process", uvMessage("reading output of " + impl->name, static_cast<int>(n)));
   uv_read_stop(s);
-  if (is_stdout) {
-    impl->reading_stdout = false;
-    impl->stdout_ended = true;
-  }
+  const int i = is_stdout ? 1 : 2;
+  impl->reading[i] = false;
+  impl->ended[i] = true;
   --impl->open_reads;
   reportExitWhenComplete(impl);
 }
@@ -165,7 +165,7 @@ Result<std::unique_ptr<Process>> Process::spawn(uv_loop_t* loop, ProcessOptions 
     auto* stream = reinterpret_cast<uv_stream_t*>(&impl->pipes[i]);
     if (uv_read_start(stream, onAlloc, onRead) == 0) {
       ++impl->open_reads;
-      if (i == 1) impl->reading_stdout = true;
+      impl->reading[i] = true;
     }
   }
   return p;
@@ -201,17 +201,21 @@ Status Process::closeStdin() {
 }
 
 void Process::pauseOutput() {
-  if (impl_->piped[1] && impl_->reading_stdout) {
-    uv_read_stop(reinterpret_cast<uv_stream_t*>(&impl_->pipes[1]));
-    impl_->reading_stdout = false;
+  for (int i : {1, 2}) {
+    if (impl_->piped[i] && impl_->reading[i]) {
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(&impl_->pipes[i]));
+      impl_->reading[i] = false;
+    }
   }
 }
 
 void Process::resumeOutput() {
-  // Only while the pipe is open and not at EOF (open_reads counts it then).
-  if (impl_->piped[1] && !impl_->reading_stdout && !impl_->stdout_ended) {
-    auto* stream = reinterpret_cast<uv_stream_t*>(&impl_->pipes[1]);
-    if (uv_read_start(stream, onAlloc, onRead) == 0) impl_->reading_stdout = true;
+  // Only while a pipe is open and not at EOF (open_reads counts it then).
+  for (int i : {1, 2}) {
+    if (impl_->piped[i] && !impl_->reading[i] && !impl_->ended[i]) {
+      auto* stream = reinterpret_cast<uv_stream_t*>(&impl_->pipes[i]);
+      if (uv_read_start(stream, onAlloc, onRead) == 0) impl_->reading[i] = true;
+    }
   }
 }
 

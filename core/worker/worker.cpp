@@ -25,6 +25,8 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 constexpr uint32_t kStderrBit = 0x80000000u;  // a command's stderr: its channel with the top bit
+constexpr uint64_t kHandshakeMs = 30000;
+constexpr uint64_t kKillGraceMs = 5000;  // a killed command whose pipes stay open is given up then
 
 // A path relative to the build directory that stays inside it.
 bool insideRelative(const std::string& path) {
@@ -63,8 +65,13 @@ struct Command {
   std::string tail, partial_line;
   std::optional<std::regex> collect;
   std::vector<std::string> collected;
+  size_t collected_bytes = 0;
   size_t stdin_queued = 0;  // unpack: bytes handed to tar, not yet written
 };
+
+// What `finished` may carry of collected lines: with the tail, well under a
+// control frame's limit.
+constexpr size_t kMaxCollectedBytes = 512u << 10;
 
 struct Worker::Impl {
   Impl(uv_loop_t* l, Options o)
@@ -83,6 +90,8 @@ struct Worker::Impl {
   int iterations = 0;
   std::map<uint32_t, std::unique_ptr<Command>> commands;  // by channel
   std::set<std::unique_ptr<Command>> orphans;             // killed, waiting for their exit
+  std::map<uint64_t, std::unique_ptr<loop::Process>> cleanups;  // rm -rf of ended builds
+  uint64_t last_cleanup = 0;
   std::set<int64_t> builds;        // build directories made for the master
   std::set<int64_t> interrupted;   // builds killed by a lost connection: told at the next hello
   bool output_paused = false, reading_paused = false;
@@ -105,6 +114,10 @@ struct Worker::Impl {
                                       });
           if (!reading) return drop("cannot read from the master: " + reading.error().message);
           last_heard = uv_now(loop);
+          // A master that takes the connection but never answers: dropped.
+          heartbeat.start(kHandshakeMs, 0, [this] {
+            if (state != State::ready) drop("no answer from the master during the handshake");
+          });
           json tags = json::object();
           for (const auto& [k, v] : options.tags) tags[k] = v;
           send({{"type", "hello"},
@@ -131,6 +144,7 @@ struct Worker::Impl {
     heartbeat.stop();
     killAll(true);
     stream.reset();
+    reading_paused = false;
     if (stopping) return;
     retry(why);
   }
@@ -144,7 +158,19 @@ struct Worker::Impl {
     if (on_fatal) on_fatal(why);
   }
 
-  void send(const json& message) { write(protocol::encodeControl(message)); }
+  void send(const json& message) {
+    try {
+      write(protocol::encodeControl(message));
+    } catch (const std::exception& e) {  // too big: never lose the message whole
+      log::error("worker", "cannot send ", message.value("type", std::string("?")), ": ", e.what());
+      if (message.value("type", std::string()) == "finished") {
+        json smaller = message;
+        smaller["collected"] = json::array();
+        smaller["tail"] = "";
+        write(protocol::encodeControl(smaller));
+      }
+    }
+  }
 
   void write(std::string bytes) {
     if (!stream) return;
@@ -232,7 +258,8 @@ struct Worker::Impl {
               " as '", options.name, "'");
     const uint64_t hb = static_cast<uint64_t>(options.heartbeat_seconds) * 1000;
     heartbeat.start(hb, hb, [this, hb] {
-      if (uv_now(loop) - last_heard > 3 * hb) return drop("the master has been silent too long");
+      // While we do not read (tar is slow), the master's heartbeats wait unread.
+      if (!reading_paused && uv_now(loop) - last_heard > 3 * hb) return drop("the master has been silent too long");
       send({{"type", "heartbeat"}});
     });
   }
@@ -259,10 +286,14 @@ struct Worker::Impl {
     stopBuild(build);
     builds.erase(build);
     // rm in a child: a build tree can be large, and the loop must not wait.
+    // Kept until it exits, so that it is reaped.
     loop::ProcessOptions o{.argv = {"rm", "-rf", "--", buildDir(build).string()}};
     o.out = o.err = loop::ProcessOptions::Stdio::ignore;
-    auto rm = loop::Process::spawn(loop, std::move(o), {});
-    if (rm) rm.value().reset();  // runs on; reaped by libuv's handle close
+    auto id = ++last_cleanup;
+    loop::Process::Callbacks cb;
+    cb.on_exit = [this, id](int64_t, int) { cleanups.erase(id); };
+    auto rm = loop::Process::spawn(loop, std::move(o), std::move(cb));
+    if (rm) cleanups[id] = std::move(rm.value());
   }
 
   void stopBuild(int64_t build) {
@@ -274,6 +305,15 @@ struct Worker::Impl {
     if (!c.process || c.killed) return;
     c.killed = true;
     ::kill(-c.process->pid(), SIGKILL);  // the command's whole process group
+    // A child that left the group may keep the pipes open: the command is
+    // reported over after a grace period all the same.
+    if (!c.timer) c.timer = std::make_unique<loop::Timer>(loop);
+    Command* raw = &c;
+    c.timer->start(kKillGraceMs, 0, [this, raw] {
+      auto it = commands.find(raw->channel);
+      if (it == commands.end() || it->second.get() != raw) return;
+      onExit(raw, -1, SIGKILL, true);
+    });
   }
 
   void killAll(bool remember) {
@@ -283,8 +323,10 @@ struct Worker::Impl {
     }
     // Their exits arrive later and find no master to tell: kept aside until
     // then, so that they are reaped.
-    for (auto& [ch, c] : commands)
+    for (auto& [ch, c] : commands) {
+      c->timer.reset();
       if (c->process) orphans.insert(std::move(c));
+    }
     commands.clear();
     output_paused = false;
   }
@@ -362,37 +404,37 @@ struct Worker::Impl {
   }
 
   void start(std::unique_ptr<Command> c, loop::ProcessOptions o) {
-    const uint32_t channel = c->channel;
+    Command* raw = c.get();  // callbacks find their own command, never a newcomer on its channel
     loop::Process::Callbacks cb;
-    cb.on_stdout = [this, channel](std::string_view chunk) { onOutput(channel, chunk, false); };
-    cb.on_stderr = [this, channel](std::string_view chunk) { onOutput(channel, chunk, true); };
-    Command* raw = c.get();
-    cb.on_exit = [this, channel, raw](int64_t status, int signal) {
+    cb.on_stdout = [this, raw](std::string_view chunk) { onOutput(raw, chunk, false); };
+    cb.on_stderr = [this, raw](std::string_view chunk) { onOutput(raw, chunk, true); };
+    cb.on_exit = [this, raw](int64_t status, int signal) {
       for (auto it = orphans.begin(); it != orphans.end(); ++it) {
         if (it->get() == raw) return void(orphans.erase(it));
       }
-      onExit(channel, status, signal);
+      onExit(raw, status, signal);
     };
     auto spawned = loop::Process::spawn(loop, std::move(o), std::move(cb));
-    if (!spawned) return notStarted(channel, spawned.error().message);
+    if (!spawned) return notStarted(c->channel, spawned.error().message);
     c->process = std::move(spawned.value());
     if (output_paused) c->process->pauseOutput();
     if (c->timeout_seconds > 0) {
       c->timer = std::make_unique<loop::Timer>(loop);
-      c->timer->start(static_cast<uint64_t>(c->timeout_seconds) * 1000, 0, [this, channel] {
-        auto it = commands.find(channel);
-        if (it == commands.end()) return;
-        it->second->timed_out = true;
-        killGroup(*it->second);
+      c->timer->start(static_cast<uint64_t>(c->timeout_seconds) * 1000, 0, [this, raw] {
+        auto it = commands.find(raw->channel);
+        if (it == commands.end() || it->second.get() != raw) return;
+        raw->timed_out = true;
+        killGroup(*raw);
       });
     }
-    commands[channel] = std::move(c);
+    commands[c->channel] = std::move(c);
   }
 
-  void onOutput(uint32_t channel, std::string_view chunk, bool is_stderr) {
-    auto it = commands.find(channel);
-    if (it == commands.end()) return;  // an orphan's last words
-    Command& c = *it->second;
+  void onOutput(Command* raw, std::string_view chunk, bool is_stderr) {
+    auto it = commands.find(raw->channel);
+    if (it == commands.end() || it->second.get() != raw) return;  // an orphan's last words
+    Command& c = *raw;
+    const uint32_t channel = c.channel;
     c.output += chunk.size();
     if (c.output > c.max_output) {
       if (!c.output_limited) {
@@ -412,7 +454,9 @@ struct Worker::Impl {
     size_t start = 0;
     for (size_t nl; (nl = c.partial_line.find('\n', start)) != std::string::npos; start = nl + 1) {
       std::string line = c.partial_line.substr(start, nl - start);
-      if (c.collected.size() < kMaxCollected && std::regex_search(line, *c.collect)) {
+      if (c.collected.size() < kMaxCollected && c.collected_bytes + line.size() <= kMaxCollectedBytes &&
+          std::regex_search(line, *c.collect)) {
+        c.collected_bytes += line.size();
         c.collected.push_back(std::move(line));
       }
     }
@@ -452,16 +496,22 @@ struct Worker::Impl {
     for (auto& [ch, c] : commands)
       if (c->stdin_queued > kHighWater / 4) return;
     reading_paused = false;
+    last_heard = uv_now(loop);
     (void)stream->resumeReading();
   }
 
-  void onExit(uint32_t channel, int64_t status, int signal) {
-    auto it = commands.find(channel);
-    if (it == commands.end()) return;
+  // The command ended (given_up: killed, but its pipes stayed open past the
+  // grace period; the process is kept aside until it really exits).
+  void onExit(Command* raw, int64_t status, int signal, bool given_up = false) {
+    auto it = commands.find(raw->channel);
+    if (it == commands.end() || it->second.get() != raw) return;
+    const uint32_t channel = raw->channel;
     std::unique_ptr<Command> c = std::move(it->second);
     commands.erase(it);
+    c->timer.reset();
     resumeReadingIfDrained();
     if (!c->partial_line.empty() && c->collect && c->collected.size() < kMaxCollected &&
+        c->collected_bytes + c->partial_line.size() <= kMaxCollectedBytes &&
         std::regex_search(c->partial_line, *c->collect)) {
       c->collected.push_back(c->partial_line);
     }
@@ -473,6 +523,7 @@ struct Worker::Impl {
                  {"tail", c->tail},       {"collected", c->collected}};
     if (!c->unpack) write(protocol::encodeEnd(channel));
     send(message);
+    if (given_up && c->process) orphans.insert(std::move(c));
   }
 };
 
