@@ -40,7 +40,8 @@ struct CpuTicks {
   long long all() const { return self + children + live_children; }
 };
 CpuTicks cpuTicks(pid_t pid);
-double rssMb(pid_t pid);
+// From /proc/PID/status: VmRSS now, or VmHWM for the peak.
+double rssMb(pid_t pid, const std::string& field = "VmRSS");
 std::vector<pid_t> childrenOf(pid_t pid);
 double percentile(std::vector<double> samples, double p);
 

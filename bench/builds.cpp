@@ -53,20 +53,6 @@ long long realtimeNs() {
       .count();
 }
 
-double peakRssMb(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string key; in >> key;) {
-    if (key == "VmHWM:") {
-      long kb;
-      in >> kb;
-      return kb / 1024.0;
-    }
-    std::string skip;
-    std::getline(in, skip);
-  }
-  return 0;
-}
-
 // A master and `workers` workers of 2 slots on a fresh cluster, with one
 // repository, one branch with a head, and the builders the scenario adds.
 class Rig {
@@ -223,7 +209,7 @@ int runLogs() {
     worst = std::max(worst, store_s);
   }
   figure("logs.store_s_50mib", worst, "s");
-  figure("logs.master_peak_rss_mb", peakRssMb(rig.master()), "MB");
+  figure("logs.master_peak_rss_mb", rssMb(rig.master(), "VmHWM"), "MB");
   return 0;
 }
 

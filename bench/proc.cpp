@@ -84,10 +84,10 @@ CpuTicks cpuTicks(pid_t pid) {
   return t;
 }
 
-double rssMb(pid_t pid) {
+double rssMb(pid_t pid, const std::string& field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   for (std::string key; in >> key;) {
-    if (key == "VmRSS:") {
+    if (key == field + ":") {
       long kb;
       in >> kb;
       return kb / 1024.0;

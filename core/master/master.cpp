@@ -20,7 +20,9 @@ Master::Master(uv_loop_t* loop, Options options)
       loop, db::Database::Options{options_.conninfo, options_.db_connections, "db"});
 }
 
-Master::~Master() {
+Master::~Master() { teardown(); }
+
+void Master::teardown() {
   // Users of the database first: a delivery must never reach a dead room.
   builds_.reset();
   scheduler_.reset();
@@ -28,8 +30,8 @@ Master::~Master() {
   model_.reset();
   listener_.reset();
   db_.reset();
-  host_.reset();
-  plugins_.reset();
+  host_.reset();     // its callbacks may hold plugin code
+  plugins_.reset();  // after every object a plugin made
 }
 
 void Master::start(std::function<void(Error)> on_fatal) {
@@ -246,14 +248,7 @@ void Master::stop(std::function<void()> done) {
     if (busy && (*waited_ms += 20) < 5000) return;
     if (busy) log::warning("master", "stopping with ", runner_->inFlight(), " commands unfinished");
     stop_timer_.stop();
-    builds_.reset();
-    scheduler_.reset();
-    runner_.reset();
-    model_.reset();
-    listener_.reset();
-    db_.reset();
-    host_.reset();     // its callbacks may hold plugin code
-    plugins_.reset();  // after every object a plugin made
+    teardown();
     log::info("master", "stopped");
     done();
   });

@@ -59,6 +59,7 @@ class Master {
   void serve(const std::vector<std::string>& configured_plugin_dirs);
   void loadPlugins(const std::vector<std::string>& configured_dirs);
   void heartbeat();
+  void teardown();  // every room, in the order that keeps callbacks away from the dead
   // A row in pefnos.event: where a GUI user looks for what went wrong.
   void recordEvent(const std::string& level, const std::string& source, const std::string& message,
                    const nlohmann::json& details);

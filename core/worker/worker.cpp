@@ -344,19 +344,40 @@ struct Worker::Impl {
     return buildDir(build) / cwd;
   }
 
-  void run(const json& m) {
+  // A new command of a run or unpack message: its channel must be new; its
+  // directory (made) inside the build's. nullptr when refused (answered).
+  std::unique_ptr<Command> newCommand(const json& m, fs::path& dir) {
     const uint32_t channel = m.at("channel").get<uint32_t>();
     const int64_t build = m.at("build").get<int64_t>();
     if (commands.count(channel) || channel == 0 || (channel & kStderrBit)) {
-      return drop("the master reused channel " + std::to_string(channel));
+      drop("the master reused channel " + std::to_string(channel));
+      return nullptr;
     }
-    auto dir = commandDir(build, m.value("cwd", std::string()));
-    if (!dir) return notStarted(channel, dir.error().message);
+    auto made = commandDir(build, m.value("cwd", std::string()));
+    if (!made) {
+      notStarted(channel, made.error().message);
+      return nullptr;
+    }
+    std::error_code ec;
+    fs::create_directories(*made, ec);
+    if (ec) {
+      notStarted(channel, "cannot create " + made->string() + ": " + ec.message());
+      return nullptr;
+    }
+    dir = *made;
     auto c = std::make_unique<Command>();
     c->build = build;
     c->channel = channel;
-    c->max_output = m.value("max_output", size_t{64} << 20);
     c->timeout_seconds = m.value("timeout", 3600);
+    return c;
+  }
+
+  void run(const json& m) {
+    fs::path dir;
+    auto c = newCommand(m, dir);
+    if (!c) return;
+    const uint32_t channel = c->channel;
+    c->max_output = m.value("max_output", size_t{64} << 20);
     if (auto re = m.value("collect_regex", std::string()); !re.empty()) {
       try {
         c->collect.emplace(re, std::regex::ECMAScript);
@@ -369,35 +390,22 @@ struct Worker::Impl {
     loop::ProcessOptions o;
     o.argv = std::move(argv);
     o.env = environmentWith(m.value("env", std::vector<std::string>{}));
-    o.cwd = dir->string();
+    o.cwd = dir.string();
     o.detached = true;  // its own session and process group: a kill takes its children too
-    std::error_code ec;
-    fs::create_directories(*dir, ec);
     start(std::move(c), std::move(o));
   }
 
   void unpack(const json& m) {
-    const uint32_t channel = m.at("channel").get<uint32_t>();
-    const int64_t build = m.at("build").get<int64_t>();
-    if (commands.count(channel) || channel == 0 || (channel & kStderrBit)) {
-      return drop("the master reused channel " + std::to_string(channel));
-    }
-    auto dir = commandDir(build, m.value("cwd", std::string()));
-    if (!dir) return notStarted(channel, dir.error().message);
-    std::error_code ec;
-    fs::create_directories(*dir, ec);
-    if (ec) return notStarted(channel, "cannot create " + dir->string() + ": " + ec.message());
-    auto c = std::make_unique<Command>();
-    c->build = build;
-    c->channel = channel;
+    fs::path dir;
+    auto c = newCommand(m, dir);
+    if (!c) return;
     c->unpack = true;
     c->max_output = 1u << 20;  // tar's complaints
-    c->timeout_seconds = m.value("timeout", 3600);
     loop::ProcessOptions o;
     // GNU tar refuses members with ".." and strips leading "/": nothing lands
     // outside the directory. Owners are ours, not the archive's.
-    o.argv = {"tar", "-x", "-f", "-", "-C", dir->string(), "--no-same-owner"};
-    o.cwd = dir->string();
+    o.argv = {"tar", "-x", "-f", "-", "-C", dir.string(), "--no-same-owner"};
+    o.cwd = dir.string();
     o.detached = true;
     o.in = loop::ProcessOptions::Stdio::pipe;
     start(std::move(c), std::move(o));
