@@ -77,6 +77,7 @@ struct Run {
   Claimed claimed;
   std::weak_ptr<Session> session;
   size_t step = 0;  // index into claimed.steps
+  StepContext context;  // of the current step: what plan() saw, interpret() sees
   std::vector<StepCommand> commands;
   std::vector<CommandOutcome> outcomes;
   size_t command = 0;
@@ -587,7 +588,8 @@ struct Builds::Impl {
     if (run->over) return;
     if (run->step >= run->claimed.steps.size()) return finishBuild(run, run->worst, "");
     const auto& row = run->claimed.steps[run->step];
-    StepContext ctx = run->claimed.context;
+    run->context = run->claimed.context;
+    StepContext& ctx = run->context;  // interpret() gets the very same
     ctx.params_json = row.params;
     ctx.previous_summaries_json = run->claimed.previous[row.position];
     run->commands.clear();
@@ -730,9 +732,7 @@ struct Builds::Impl {
 
   void endStep(const std::shared_ptr<Run>& run) {
     const auto& row = run->claimed.steps[run->step];
-    StepContext ctx = run->claimed.context;
-    ctx.params_json = row.params;
-    StepResult result = run->plugin->interpret(ctx, run->outcomes);
+    StepResult result = run->plugin->interpret(run->context, run->outcomes);
     if (run->stopping) {
       result.state = StepState::error;
       result.message = "stopped";

@@ -72,10 +72,10 @@ class Processes {
   // instead of being collected); done is dropped if this object is gone.
   std::shared_ptr<Running> start(ProcessSpec spec, std::function<void(ProcessResult)> done,
                                  std::function<void(std::string_view)> on_out = nullptr) {
-    Tracked& t = *tracked_;
-    uint64_t id = ++t.last_id;
-    t.running[id];  // before starting: done may come at once and erase it
-    std::weak_ptr<Tracked> weak = tracked_;
+    auto tracked = tracked_;  // held: a done called at once may destroy this object
+    uint64_t id = ++tracked->last_id;
+    tracked->running[id];  // before starting: done may come at once and erase it
+    std::weak_ptr<Tracked> weak = tracked;
     auto finished = [weak, id, done = std::move(done)](ProcessResult r) {
       auto self = weak.lock();
       if (!self) return;
@@ -87,11 +87,11 @@ class Processes {
       auto out = [weak, on_out = std::move(on_out)](std::string_view chunk) {
         if (weak.lock()) on_out(chunk);
       };
-      running = t.host.stream(std::move(spec), std::move(out), std::move(finished));
+      running = tracked->host.stream(std::move(spec), std::move(out), std::move(finished));
     } else {
-      running = t.host.run(std::move(spec), std::move(finished));
+      running = tracked->host.run(std::move(spec), std::move(finished));
     }
-    if (auto it = t.running.find(id); it != t.running.end()) it->second = running;
+    if (auto it = tracked->running.find(id); it != tracked->running.end()) it->second = running;
     return running;
   }
 
@@ -135,7 +135,7 @@ class SerialJobs {
  private:
   using Queues = std::map<std::string, std::deque<Job>>;  // the front one runs
 
-  static void startFront(const std::shared_ptr<Queues>& queues, const std::string& key) {
+  static void startFront(std::shared_ptr<Queues> queues, const std::string& key) {
     // Moved out: the slot stays (empty, meaning "running") until release pops it.
     Job job = std::move((*queues)[key].front());
     std::weak_ptr<Queues> weak = queues;

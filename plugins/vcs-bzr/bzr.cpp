@@ -26,6 +26,7 @@
 
 #include "bzr_parse.h"
 #include "pefnos/plugin.h"
+#include "pefnos/plugin_support.h"
 
 namespace pefnos::bzr {
 namespace {
@@ -40,7 +41,6 @@ constexpr int kHeadsTimeout = 120;     // seconds, per request to the helper
 constexpr int kLocalTimeout = 600;     // commits, digest, forget: the proxy is local
 constexpr int kOverdueGrace = 30;      // the helper kills itself first; this is the backstop
 constexpr auto kStartFailureHold = std::chrono::seconds(30);
-constexpr size_t kErrorTail = 2000;    // what of stderr goes into an Error
 constexpr size_t kMaxLine = 256u << 20;  // a longer answer means the protocol is broken
 // Bounds of the walk of a local directory of branches (the helper has the same).
 constexpr int kMaxDepth = 8;
@@ -182,21 +182,7 @@ std::vector<std::string> helperEnvironment() {
   };
 }
 
-// "pulling … exited with 1: <the end of stderr>".
-Error failure(const std::string& what, ProcessResult r) {
-  if (r.err.size() > kErrorTail) {
-    r.err.erase(0, r.err.size() - kErrorTail);
-    if (size_t nl = r.err.find('\n'); nl != std::string::npos) r.err.erase(0, nl + 1);
-  }
-  return Error{r.describe(what)};
-}
-
-// The proxy's name as a queue key: "p/", "p//" and "p" are one repository.
-std::string proxyKey(const std::string& proxy) {
-  std::string key = fs::path(proxy).lexically_normal().string();
-  while (key.size() > 1 && key.back() == '/') key.pop_back();
-  return key;
-}
+using support::failure;
 
 Status checkRepo(const Repo& repo, bool needs_url) {
   std::string name = "repository " + std::to_string(repo.id);
@@ -222,7 +208,7 @@ std::string dumpLine(const json& message) {
 // may fire after it is gone: they hold it weakly and then do nothing.
 class State : public std::enable_shared_from_this<State> {
  public:
-  explicit State(Host& host) : host_(host), helper_path_(helperPath()) {}
+  explicit State(Host& host) : host_(host), helper_path_(helperPath()), processes_(host) {}
 
   Host& host() { return host_; }
 
@@ -236,37 +222,15 @@ class State : public std::enable_shared_from_this<State> {
     spec.argv.insert(spec.argv.end(), args.begin(), args.end());
     spec.env = helperEnvironment();
     spec.timeout_seconds = timeout;
-    uint64_t id = ++last_process_;
-    running_[id];  // before starting: done may come at once and erase it
-    std::weak_ptr<State> weak = weak_from_this();
-    auto finished = [weak, id, done = std::move(done)](ProcessResult r) {
-      auto self = weak.lock();
-      if (!self) return;
-      self->running_.erase(id);
-      done(std::move(r));
-    };
-    std::shared_ptr<Running> running;
-    if (on_out) {
-      auto out = [weak, on_out = std::move(on_out)](std::string_view chunk) {
-        if (weak.lock()) on_out(chunk);
-      };
-      running = host_.stream(std::move(spec), std::move(out), std::move(finished));
-    } else {
-      running = host_.run(std::move(spec), std::move(finished));
-    }
-    if (auto it = running_.find(id); it != running_.end()) it->second = running;
-    return running;
+    return processes_.start(std::move(spec), std::move(done), std::move(on_out));
   }
 
   // Sends one request to the long-lived helper, starting it if need be.
   // done gets the result or an Error that begins with `what`.
   void request(json message, int timeout, std::string what,
                std::function<void(Result<json>)> done) {
-    std::weak_ptr<State> weak = weak_from_this();
-    auto answerLater = [this, weak, &done](Error e) {
-      host_.post([weak, done = std::move(done), e = std::move(e)] {
-        if (weak.lock()) done(e);
-      });
+    auto answerLater = [this, &done](Error e) {
+      support::later(host_, weak_from_this(), std::move(done), std::move(e));
     };
     if (helper_path_.empty()) return answerLater(Error{what + ": cannot locate the Breezy helper"});
     if (!helper_ && start_failed_at_ && Clock::now() - *start_failed_at_ < kStartFailureHold)
@@ -285,19 +249,14 @@ class State : public std::enable_shared_from_this<State> {
   void killAll() {
     if (helper_) helper_->kill();
     helper_.reset();
-    auto running = std::move(running_);
-    for (auto& [id, weak] : running)
-      if (auto r = weak.lock()) r->kill();
+    processes_.killAll();
   }
 
   // Jobs that write to one proxy (pull, forget) run one after the other:
   // Breezy's repository lock would make a concurrent writer fail (a lost
   // poll), and forget must not remove a branch a pull is writing.
-  using Job = std::function<void(std::function<void()> release)>;
-  void serialise(const std::string& proxy, Job job) {
-    auto& queue = queues_[proxyKey(proxy)];
-    queue.push_back(std::move(job));
-    if (queue.size() == 1) startFront(proxyKey(proxy));
+  void serialise(const std::string& proxy, support::SerialJobs::Job job) {
+    jobs_.serialise(support::proxyKey(proxy), std::move(job));
   }
 
  private:
@@ -410,29 +369,10 @@ class State : public std::enable_shared_from_this<State> {
     }
   }
 
-  void startFront(const std::string& key) {
-    // Moved out: the slot stays (empty, meaning "running") until release pops it.
-    Job job = std::move(queues_[key].front());
-    std::weak_ptr<State> weak = weak_from_this();
-    job([weak, key, released = std::make_shared<bool>(false)] {
-      auto self = weak.lock();
-      if (!self || *released) return;  // copies of release share the flag: one pop per job
-      *released = true;
-      auto& queue = self->queues_[key];
-      queue.pop_front();
-      if (queue.empty())
-        self->queues_.erase(key);
-      else
-        self->startFront(key);
-    });
-  }
-
   Host& host_;
   std::string helper_path_;
-  // One-shot processes.
-  uint64_t last_process_ = 0;
-  std::map<uint64_t, std::weak_ptr<Running>> running_;
-  std::map<std::string, std::deque<Job>> queues_;  // by proxy; the front one runs
+  support::Processes processes_;  // one-shot processes
+  support::SerialJobs jobs_;      // by proxy
   // The long-lived helper.
   std::shared_ptr<Running> helper_;
   uint64_t generation_ = 0;  // which helper callbacks belong to
@@ -500,14 +440,10 @@ class BzrVcs final : public Vcs {
   BzrVcs(const BzrVcs&) = delete;            // owns running processes
   BzrVcs& operator=(const BzrVcs&) = delete;
 
-  // Errors found before any process ran are reported from the loop, never
-  // from inside the call: callers need not be re-entrant.
+  // Errors found before any process ran: from the loop, unless the BzrVcs is gone.
   template <class Done, class Value>
   void later(Done done, Value value) {
-    std::weak_ptr<State> weak = state_;  // no callback after the Vcs is gone
-    host_.post([weak, done = std::move(done), value = std::move(value)]() mutable {
-      if (weak.lock()) done(std::move(value));
-    });
+    support::later(host_, std::weak_ptr<State>(state_), std::move(done), std::move(value));
   }
 
   void listHeads(const Repo& repo, std::function<void(Result<std::vector<Head>>)> done) override {
@@ -621,9 +557,7 @@ class BzrVcs final : public Vcs {
       std::error_code ec;
       if (!fs::exists(fs::path(repo.proxy) / repo.ref_prefix, ec)) {  // nothing to forget
         release();
-        return self->host().post([weak, done = std::move(done)] {
-          if (weak.lock()) done(ok());
-        });
+        return support::later(self->host(), weak, std::move(done), ok());
       }
       self->request({{"op", "forget"}, {"proxy", repo.proxy}, {"prefix", repo.ref_prefix}},
                     kLocalTimeout, "forgetting " + repo.ref_prefix + " in " + repo.proxy,

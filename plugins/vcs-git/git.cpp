@@ -5,21 +5,19 @@
 // (git_parse.h); URLs follow --end-of-options; git never prompts. Nothing
 // here blocks the loop beyond a stat and a one-line write when a proxy is made.
 #include <cstdlib>
-#include <deque>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <set>
 
 #include "git_parse.h"
 #include "pefnos/plugin.h"
+#include "pefnos/plugin_support.h"
 
 namespace pefnos::git {
 namespace {
 
 constexpr int kNetworkTimeout = 3600;  // a first fetch of a big upstream is slow
 constexpr int kLocalTimeout = 300;
-constexpr size_t kErrorTail = 2000;  // what of git's stderr goes into an Error
 
 std::vector<std::string> gitEnvironment() {
   std::vector<std::string> env = {
@@ -35,26 +33,14 @@ std::vector<std::string> gitEnvironment() {
   return env;
 }
 
-// "git fetch URL exited with 128: fatal: …", keeping only the end of stderr.
-Error failure(const std::string& what, ProcessResult r) {
-  if (r.err.size() > kErrorTail) {
-    r.err.erase(0, r.err.size() - kErrorTail);
-    if (size_t nl = r.err.find('\n'); nl != std::string::npos) r.err.erase(0, nl + 1);
-  }
-  return Error{r.describe(what)};
-}
+using support::failure;
 
 std::string trimmed(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
 }
 
-// The proxy's name as a queue key: "p/", "p//" and "p" are one repository.
-std::string proxyKey(const std::string& proxy) {
-  std::string key = std::filesystem::path(proxy).lexically_normal().string();
-  while (key.size() > 1 && key.back() == '/') key.pop_back();
-  return key;
-}
+using support::proxyKey;
 
 // ProcessSpec's members have no initialisers, so designated initialisers warn.
 ProcessSpec spec(std::vector<std::string> argv, int timeout_seconds, std::string cwd = "") {
@@ -90,9 +76,9 @@ Status checkRevision(const std::string& revision) {
 
 // What the GitVcs shares with the callbacks of the processes it started, which
 // may fire after it is gone: they hold it weakly and then do nothing.
-class State : public std::enable_shared_from_this<State> {
+class State {
  public:
-  explicit State(Host& host) : host_(host), env_(gitEnvironment()) {}
+  explicit State(Host& host) : host_(host), processes_(host), env_(gitEnvironment()) {}
 
   Host& host() { return host_; }
 
@@ -101,43 +87,17 @@ class State : public std::enable_shared_from_this<State> {
   std::shared_ptr<Running> git(ProcessSpec spec, std::function<void(ProcessResult)> done,
                                std::function<void(std::string_view)> on_out = nullptr) {
     spec.env.insert(spec.env.end(), env_.begin(), env_.end());
-    uint64_t id = ++last_id_;
-    running_[id];  // before starting: done may come at once and erase it
-    std::weak_ptr<State> weak = weak_from_this();
-    auto finished = [weak, id, done = std::move(done)](ProcessResult r) {
-      auto self = weak.lock();
-      if (!self) return;
-      self->running_.erase(id);
-      done(std::move(r));
-    };
-    std::shared_ptr<Running> running;
-    if (on_out) {
-      auto out = [weak, on_out = std::move(on_out)](std::string_view chunk) {
-        if (weak.lock()) on_out(chunk);
-      };
-      running = host_.stream(std::move(spec), std::move(out), std::move(finished));
-    } else {
-      running = host_.run(std::move(spec), std::move(finished));
-    }
-    if (auto it = running_.find(id); it != running_.end()) it->second = running;
-    return running;
+    return processes_.start(std::move(spec), std::move(done), std::move(on_out));
   }
 
-  void killAll() {
-    auto running = std::move(running_);
-    for (auto& [id, weak] : running)
-      if (auto r = weak.lock()) r->kill();
-  }
+  void killAll() { processes_.killAll(); }
 
   // Jobs that write to one proxy (fetch, forget) run one after the other. git
   // would not corrupt the proxy, but concurrent writers fail on its lock files
   // (packed-refs.lock), and a failed fetch is a lost poll. A job calls release
   // when it is finished.
-  using Job = std::function<void(std::function<void()> release)>;
-  void serialise(const std::string& proxy, Job job) {
-    auto& queue = queues_[proxyKey(proxy)];
-    queue.push_back(std::move(job));
-    if (queue.size() == 1) startFront(proxyKey(proxy));
+  void serialise(const std::string& proxy, support::SerialJobs::Job job) {
+    jobs_.serialise(proxyKey(proxy), std::move(job));
   }
 
   bool proxyReady(const std::string& proxy) const { return ready_.count(proxyKey(proxy)) > 0; }
@@ -149,29 +109,11 @@ class State : public std::enable_shared_from_this<State> {
   }
 
  private:
-  void startFront(const std::string& key) {
-    // Moved out: the slot stays (empty, meaning "running") until release pops it.
-    Job job = std::move(queues_[key].front());
-    std::weak_ptr<State> weak = weak_from_this();
-    job([weak, key, released = std::make_shared<bool>(false)] {
-      auto self = weak.lock();
-      if (!self || *released) return;  // copies of release share the flag: one pop per job
-      *released = true;
-      auto& queue = self->queues_[key];
-      queue.pop_front();
-      if (queue.empty())
-        self->queues_.erase(key);
-      else
-        self->startFront(key);
-    });
-  }
-
   Host& host_;
+  support::Processes processes_;
+  support::SerialJobs jobs_;  // by proxy
   std::vector<std::string> env_;
-  uint64_t last_id_ = 0;
-  std::map<uint64_t, std::weak_ptr<Running>> running_;
-  std::map<std::string, std::deque<Job>> queues_;  // by proxy; the front one runs
-  std::set<std::string> ready_;                    // proxies made or seen by this object
+  std::set<std::string> ready_;  // proxies made or seen by this object
 };
 
 class GitVcs final : public Vcs {
@@ -181,14 +123,10 @@ class GitVcs final : public Vcs {
   GitVcs(const GitVcs&) = delete;            // owns running processes
   GitVcs& operator=(const GitVcs&) = delete;
 
-  // Errors found before any process ran are reported from the loop, never
-  // from inside the call: callers need not be re-entrant.
+  // Errors found before any process ran: from the loop, unless the GitVcs is gone.
   template <class Done, class Value>
   void later(Done done, Value value) {
-    std::weak_ptr<State> weak = state_;  // no callback after the Vcs is gone
-    host_.post([weak, done = std::move(done), value = std::move(value)]() mutable {
-      if (weak.lock()) done(std::move(value));
-    });
+    support::later(host_, std::weak_ptr<State>(state_), std::move(done), std::move(value));
   }
 
   void listHeads(const Repo& repo, std::function<void(Result<std::vector<Head>>)> done) override {

@@ -16,7 +16,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -24,6 +23,7 @@
 #include <sstream>
 
 #include "pefnos/plugin.h"
+#include "pefnos/plugin_support.h"
 #include "svn_parse.h"
 
 namespace pefnos::svn {
@@ -32,7 +32,6 @@ namespace fs = std::filesystem;
 
 constexpr int kPollTimeout = 300;       // svn info / list / log: a poll must end
 constexpr int kTransferTimeout = 3600;  // svnsync, export: big; svnsync resumes where it stopped
-constexpr size_t kErrorTail = 2000;     // what of a tool's stderr goes into an Error
 // In the mirror directory, beside svnsync's files: the source URL and its
 // repository path, written last when the mirror is made (see ensureMirror).
 constexpr const char* kSourceFile = "pefnos-source";
@@ -61,10 +60,7 @@ std::vector<std::string> gitEnvironment(const std::string& scratch) {
 
 // "svn list URL exited with 1: svn: E170013: …", keeping only the end of stderr.
 Error failure(const std::string& what, ProcessResult r) {
-  if (r.err.size() > kErrorTail) {
-    r.err.erase(0, r.err.size() - kErrorTail);
-    if (size_t nl = r.err.find('\n'); nl != std::string::npos) r.err.erase(0, nl + 1);
-  }
+  r.err = support::stderrTail(std::move(r.err));
   // svn separates a warning from its error by a blank line: one line each here.
   for (size_t at; (at = r.err.find("\n\n")) != std::string::npos;) r.err.erase(at, 1);
   return Error{r.describe(what)};
@@ -206,7 +202,9 @@ class Pipeline : public Running {
 // which may fire after it is gone: they hold it weakly and then do nothing.
 class State : public std::enable_shared_from_this<State> {
  public:
-  explicit State(Host& host) : host_(host), env_(svnEnvironment()) { makeConfigDir(); }
+  explicit State(Host& host) : host_(host), processes_(host), env_(svnEnvironment()) {
+    makeConfigDir();
+  }
   ~State() {
     // Processes are killed by now; what they were writing goes with them.
     std::error_code ec;
@@ -234,43 +232,17 @@ class State : public std::enable_shared_from_this<State> {
   std::shared_ptr<Running> start(ProcessSpec spec, std::function<void(ProcessResult)> done,
                                  std::function<void(std::string_view)> on_out = nullptr) {
     spec.env.insert(spec.env.end(), env_.begin(), env_.end());
-    uint64_t id = ++last_id_;
-    running_[id];  // before starting: done may come at once and erase it
-    std::weak_ptr<State> weak = weak_from_this();
-    auto finished = [weak, id, done = std::move(done)](ProcessResult r) {
-      auto self = weak.lock();
-      if (!self) return;
-      self->running_.erase(id);
-      done(std::move(r));
-    };
-    std::shared_ptr<Running> running;
-    if (on_out) {
-      auto out = [weak, on_out = std::move(on_out)](std::string_view chunk) {
-        if (weak.lock()) on_out(chunk);
-      };
-      running = host_.stream(std::move(spec), std::move(out), std::move(finished));
-    } else {
-      running = host_.run(std::move(spec), std::move(finished));
-    }
-    if (auto it = running_.find(id); it != running_.end()) it->second = running;
-    return running;
+    return processes_.start(std::move(spec), std::move(done), std::move(on_out));
   }
 
-  void killAll() {
-    auto running = std::move(running_);
-    for (auto& [id, weak] : running)
-      if (auto r = weak.lock()) r->kill();
-  }
+  void killAll() { processes_.killAll(); }
 
   // Jobs that write one mirror (svnsync, forget) run one after the other:
   // svnsync holds a lock in the mirror, and a second one would fail on it
   // (or, with --steal-lock, take it from the first). A job calls release
   // when it is finished.
-  using Job = std::function<void(std::function<void()> release)>;
-  void serialise(const std::string& key, Job job) {
-    auto& queue = queues_[key];
-    queue.push_back(std::move(job));
-    if (queue.size() == 1) startFront(key);
+  void serialise(const std::string& key, support::SerialJobs::Job job) {
+    jobs_.serialise(key, std::move(job));
   }
 
   // A scratch directory under the proxy for an export; removed by
@@ -308,22 +280,6 @@ class State : public std::enable_shared_from_this<State> {
   std::map<std::string, Revnum> upstream_youngest;
 
  private:
-  void startFront(const std::string& key) {
-    Job job = std::move(queues_[key].front());
-    std::weak_ptr<State> weak = weak_from_this();
-    job([weak, key, released = std::make_shared<bool>(false)] {
-      auto self = weak.lock();
-      if (!self || *released) return;  // copies of release share the flag: one pop per job
-      *released = true;
-      auto& queue = self->queues_[key];
-      queue.pop_front();
-      if (queue.empty())
-        self->queues_.erase(key);
-      else
-        self->startFront(key);
-    });
-  }
-
   // svn reads ~/.subversion unless told otherwise: a user's file could add
   // stored passwords, proxies or a prompting ssh tunnel. Ours is empty; the
   // three files svn would otherwise fill with commented defaults exist, empty.
@@ -342,11 +298,10 @@ class State : public std::enable_shared_from_this<State> {
   }
 
   Host& host_;
+  support::Processes processes_;
+  support::SerialJobs jobs_;  // by mirror
   std::vector<std::string> env_;
   std::string config_dir_, config_error_;
-  uint64_t last_id_ = 0;
-  std::map<uint64_t, std::weak_ptr<Running>> running_;
-  std::map<std::string, std::deque<Job>> queues_;  // by mirror; the front one runs
   std::set<std::string> scratch_;
 };
 
@@ -366,14 +321,10 @@ class SvnVcs final : public Vcs {
   SvnVcs(const SvnVcs&) = delete;            // owns running processes
   SvnVcs& operator=(const SvnVcs&) = delete;
 
-  // Errors found before any process ran are reported from the loop, never
-  // from inside the call: callers need not be re-entrant.
+  // Errors found before any process ran: from the loop, unless the SvnVcs is gone.
   template <class Done, class Value>
   void later(Done done, Value value) {
-    std::weak_ptr<State> weak = state_;  // no callback after the Vcs is gone
-    host_.post([weak, done = std::move(done), value = std::move(value)]() mutable {
-      if (weak.lock()) done(std::move(value));
-    });
+    support::later(host_, std::weak_ptr<State>(state_), std::move(done), std::move(value));
   }
 
   void listHeads(const Repo& repo, std::function<void(Result<std::vector<Head>>)> done) override {

@@ -12,6 +12,8 @@
 #include <regex>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "core/protocol/protocol.h"
 #include "tests/support/child.h"
 #include "tests/support/forge.h"
@@ -414,6 +416,66 @@ TEST_F(Builds, AMasterKilledMidBuildLosesNothingWhenItStartsAgain) {
   EXPECT_EQ(tdb_.scalar("SELECT string_agg(state, ',' ORDER BY number) FROM pefnos.build"), "interrupted,succeeded");
   EXPECT_EQ(tdb_.scalar("SELECT state FROM pefnos.build_request"), "done");
   EXPECT_EQ(tdb_.scalar("SELECT count(*) FROM pefnos.build_request"), "1");
+}
+
+TEST_F(Builds, CMakeStepConfiguresBuildsAndCountsTestsOnTheWorker) {
+  forge_->commit("main",
+                 {{"CMakeLists.txt", "cmake_minimum_required(VERSION 3.16)\nproject(t LANGUAGES NONE)\n"
+                                     "enable_testing()\nadd_test(NAME passes COMMAND true)\n"
+                                     "add_test(NAME also_passes COMMAND true)\nadd_test(NAME fails COMMAND false)\n"}},
+                 "a project with three tests");
+  int repo = addRepository();
+  int builder = addBuilder(R"([{"type": "source"}, {"type": "cmake", "jobs": 2}])");
+  std::string secret = addWorker("w1");
+  startMaster();
+  auto worker = startWorker("w1", secret);
+  poll(repo);
+  EXPECT_EQ(waitBuild(builder, seconds(60)), "failed") << master_->output();
+  EXPECT_EQ(stepField(builder, 1, "summary->>'tests' || ' ' || (summary->>'failed')"), "3 1")
+      << stepField(builder, 1, "summary::text");
+  EXPECT_NE(logOf(builder, 1).find("tests failed out of 3"), std::string::npos);
+}
+
+TEST_F(Builds, OdooStepTestsTheChangedModulesAgainstAStandInServerAndRetestsFailures) {
+  // The stand-in for Odoo's server: records its arguments, says sale_extra
+  // fails and stock_extra passes, the way Odoo 16 logs it.
+  const std::string args = dir_.path() + "/odoo-args", server = dir_.path() + "/fake-odoo";
+  std::ofstream(server) << "#!/bin/sh\necho \"$@\" >> " << args << "\n"
+      << "test -f sale_extra/__manifest__.py || { echo 'no addons here' >&2; exit 2; }\n"
+      << "echo '2024-03-05 10:12:03,456 1 ERROR db odoo.addons.sale_extra.tests.test_order: FAIL: TestOrder.test_total'\n"
+      << "echo '2024-03-05 10:12:05,200 1 INFO db odoo.addons.stock_extra.tests.test_move: Starting TestMove.test_done ...'\n"
+      << "echo '2024-03-05 10:12:07,850 1 ERROR db odoo.tests.result: 1 failed, 0 error(s) of 5 tests when loading database'\n"
+      << "exit 1\n";
+  fs::permissions(server, fs::perms::owner_all);
+  forge_->commit("main",
+                 {{"sale_extra/__manifest__.py", "{'name': 'Sale extra'}\n"}, {"sale_extra/models.py", "x = 1\n"},
+                  {"stock_extra/__manifest__.py", "{'name': 'Stock extra'}\n"}, {"stock_extra/views.xml", "<odoo/>\n"}},
+                 "two addons");
+  int repo = addRepository();
+  nlohmann::json steps = nlohmann::json::array(
+      {{{"type", "source"}}, {{"type", "odoo-test"}, {"server", {server}}, {"dropdb", {"true"}}}});
+  int builder = addBuilder(steps.dump());
+  std::string secret = addWorker("w1");
+  startMaster();
+  auto worker = startWorker("w1", secret);
+  poll(repo);
+  EXPECT_EQ(waitBuild(builder), "failed") << master_->output();
+  EXPECT_EQ(stepField(builder, 1, "summary->'modules'"), R"({"sale_extra": "failed", "stock_extra": "passed"})");
+  std::ifstream in(args);
+  std::string first;
+  std::getline(in, first);
+  EXPECT_NE(first.find("-i sale_extra,stock_extra --test-enable --stop-after-init"), std::string::npos) << first;
+  EXPECT_TRUE(std::regex_search(first, std::regex("-d pefnos-test-[0-9a-f]+ "))) << first;
+
+  // A change elsewhere: the module that failed last time is tested again, alone.
+  forge_->commit("main", "README", "docs only");
+  poll(repo);
+  ASSERT_TRUE(waitUntil([&] { return tdb_.scalar("SELECT count(*) FROM pefnos.build WHERE state = 'failed'") == "2"; },
+                        seconds(30)))
+      << tdb_.scalar("SELECT string_agg(build_id || ':' || position || ':' || state || ':' || summary::text, '; ') FROM pefnos.step") << master_->output();
+  std::string second;
+  std::getline(in, second);
+  EXPECT_NE(second.find("-i sale_extra --test-enable"), std::string::npos) << second;
 }
 
 }  // namespace

@@ -193,52 +193,6 @@ class VcsBzrTest : public test::VcsFixture {
     proxy = tmp.path() + "/proxy";
   }
 
-  // The helper is always running at the end of a test: let the loop see it
-  // end before the fixture unloads the plugin (the host's record of a
-  // process holds the plugin's callbacks, whose code lives in the plugin).
-  void TearDown() override {
-    vcs.reset();
-    runUntil([&] { return host->in_flight == 0; });
-    VcsFixture::TearDown();
-  }
-
-  // VcsFixture::await with a ticking timer beside it. libuv 1.44's
-  // UV_RUN_ONCE runs due timers before it polls: an answer the plugin posts
-  // (Host::post is a timer) arrives there, and the poll then sleeps until the
-  // next event, the 60 s watchdog when no process runs.
-  template <class T>
-  T await(const std::function<void(std::function<void(T)>)>& start, uint64_t timeout_ms = 60000) {
-    loop::Timer tick(&loop);
-    tick.start(10, 10, [] {});
-    return VcsFixture::await<T>(start, timeout_ms);
-  }
-  Result<std::vector<Head>> listHeads(const Repo& r) {
-    return await<Result<std::vector<Head>>>([&](auto done) { vcs->listHeads(r, done); });
-  }
-  Status updateProxy(const Repo& r, const std::vector<std::string>& branches) {
-    return await<Status>([&](auto done) { vcs->updateProxy(r, branches, done); });
-  }
-  Result<std::vector<CommitInfo>> listCommits(const Repo& r, const std::string& to,
-                                              const std::vector<std::string>& exclude,
-                                              size_t limit) {
-    return await<Result<std::vector<CommitInfo>>>(
-        [&](auto done) { vcs->listCommits(r, to, exclude, limit, done); });
-  }
-  Result<std::string> treeDigest(const Repo& r, const std::string& revision) {
-    return await<Result<std::string>>([&](auto done) { vcs->treeDigest(r, revision, done); });
-  }
-  Status forget(const Repo& r) {
-    return await<Status>([&](auto done) { vcs->forget(r, done); });
-  }
-  Result<std::string> exportTree(const Repo& r, const std::string& revision) {
-    std::string tar;
-    auto status = await<Status>([&](auto done) {
-      vcs->exportTree(r, revision, [&](std::string_view chunk) { tar.append(chunk); }, done);
-    });
-    if (!status) return status.error();
-    return tar;
-  }
-
   Repo repo(int id, const std::string& url) {
     return Repo{id, url, proxy, "refs/pefnos/" + std::to_string(id) + "/", {}};
   }
@@ -784,21 +738,6 @@ TEST_F(VcsBzrTest, ForgetRemovesOnlyThatRepositorysBranchesAndNoRevisions) {
 
   EXPECT_TRUE(forget(gone)) << "forgetting what is not there is no error";
   EXPECT_TRUE(forget(repo(3, up)));
-}
-
-TEST_F(VcsBzrTest, NoCallbackAfterTheVcsIsDestroyed) {
-  std::string up = makeBranch(tmp.path() + "/up");
-  commitFile(up, "a", "base");
-  std::string checkout = tmp.path() + "/checkout";
-  brz({"checkout", "-q", "--lightweight", up, checkout});
-  bool called = false;
-  vcs->listHeads(repo(1, checkout), [&](Result<std::vector<Head>>) { called = true; });  // helper
-  vcs->listHeads(repo(1, up), [&](Result<std::vector<Head>>) { called = true; });  // posted
-  vcs->updateProxy(repo(1, up), {"trunk"}, [&](Status) { called = true; });        // one-shot
-  vcs.reset();
-  uv_run(&loop, UV_RUN_DEFAULT);  // the killed processes end; nobody is told
-  EXPECT_FALSE(called);
-  EXPECT_EQ(host->in_flight, 0);
 }
 
 }  // namespace

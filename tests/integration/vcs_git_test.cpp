@@ -1,14 +1,12 @@
 // The git VCS plugin, loaded through the Registry from the build's plugin
-// directory, against real repositories the tests make, on a real libuv loop.
-// A counting Host in front of the ProcessHost records every git the plugin
-// starts, so that "one call" and "one at a time" are measured, not assumed.
-// Every test ends with the loop closing cleanly (uv_loop_close == 0).
+// directory, against real repositories the tests make, on a real libuv loop
+// (tests/support/vcs_fixture.h). What every VCS plugin must do is in
+// vcs_contract_test.cpp; here is what is git's own: its processes, refs,
+// objects, messages and attributes.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <uv.h>
 
 #include <algorithm>
-#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -16,59 +14,12 @@
 #include <optional>
 #include <set>
 #include <sstream>
-#include <stdexcept>
 
-#include "core/loop/loop.h"
-#include "core/plugin/plugin.h"
-#include "tests/support/child.h"
+#include "tests/support/vcs_fixture.h"
 
 namespace pefnos {
 namespace {
 namespace fs = std::filesystem;
-
-// Forwards to a ProcessHost; remembers each argv and how many ran at once.
-class CountingHost : public Host {
- public:
-  explicit CountingHost(uv_loop_t* loop) : inner_(loop) {}
-  std::shared_ptr<Running> run(ProcessSpec spec, std::function<void(ProcessResult)> done) override {
-    started(spec);
-    return inner_.run(std::move(spec), finished(std::move(done)));
-  }
-  std::shared_ptr<Running> stream(ProcessSpec spec, std::function<void(std::string_view)> on_out,
-                                  std::function<void(ProcessResult)> done) override {
-    started(spec);
-    return inner_.stream(std::move(spec), std::move(on_out), finished(std::move(done)));
-  }
-  void post(std::function<void()> fn) override { inner_.post(std::move(fn)); }
-  void log(LogLevel level, std::string_view message) override {
-    logged.emplace_back(message);
-    inner_.log(level, message);
-  }
-
-  std::vector<std::vector<std::string>> argvs;
-  std::vector<std::string> logged;
-  int in_flight = 0, most_in_flight = 0;
-
-  // How many of the recorded processes were `git … <subcommand>`.
-  size_t count(const std::string& subcommand) const {
-    return std::count_if(argvs.begin(), argvs.end(), [&](const auto& argv) {
-      return std::find(argv.begin(), argv.end(), subcommand) != argv.end();
-    });
-  }
-
- private:
-  void started(const ProcessSpec& spec) {
-    argvs.push_back(spec.argv);
-    most_in_flight = std::max(most_in_flight, ++in_flight);
-  }
-  std::function<void(ProcessResult)> finished(std::function<void(ProcessResult)> done) {
-    return [this, done = std::move(done)](ProcessResult r) {
-      --in_flight;
-      done(std::move(r));
-    };
-  }
-  plugin::ProcessHost inner_;
-};
 
 std::string trimmed(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
@@ -129,10 +80,11 @@ std::vector<std::string> linesOf(const std::string& text) {
   return lines;
 }
 
-class VcsGitTest : public ::testing::Test {
+class VcsGitTest : public test::VcsFixture {
  protected:
+  VcsGitTest() : VcsFixture("git") {}
+
   static void SetUpTestSuite() {
-    std::signal(SIGPIPE, SIG_IGN);  // as the daemon does
     // The machine's git configuration stays out of the tests' repositories.
     setenv("GIT_CONFIG_GLOBAL", "/dev/null", 1);
     setenv("GIT_CONFIG_NOSYSTEM", "1", 1);
@@ -143,37 +95,8 @@ class VcsGitTest : public ::testing::Test {
   }
 
   void SetUp() override {
-    ASSERT_EQ(uv_loop_init(&loop), 0);
-    host = std::make_unique<CountingHost>(&loop);
-    registry = std::make_unique<plugin::Registry>(*host);
-    registry->loadDirectory(PEFNOS_PLUGIN_BUILD_DIR);
-    vcs = registry->makeVcs("git");
-    ASSERT_TRUE(vcs) << "no git plugin in " << PEFNOS_PLUGIN_BUILD_DIR;
+    VcsFixture::SetUp();
     proxy = tmp.path() + "/proxy.git";
-  }
-
-  void TearDown() override {
-    vcs.reset();
-    registry.reset();
-    host.reset();
-    uv_run(&loop, UV_RUN_DEFAULT);  // lets the closes started by destructors finish
-    EXPECT_EQ(uv_loop_close(&loop), 0) << "a handle was leaked";
-  }
-
-  // Runs the loop until the operation that start begins calls back.
-  template <class T>
-  T await(const std::function<void(std::function<void(T)>)>& start) {
-    std::optional<T> got;
-    start([&got](T value) {
-      EXPECT_FALSE(got.has_value()) << "done called twice";
-      got.emplace(std::move(value));
-    });
-    bool expired = false;
-    loop::Timer watchdog(&loop);
-    watchdog.start(60000, 0, [&] { expired = true; });
-    while (!got && !expired) uv_run(&loop, UV_RUN_ONCE);
-    if (!got) throw std::runtime_error("no answer after 60 s");  // TearDown still cleans up
-    return std::move(*got);
   }
 
   // A new upstream repository with branch main.
@@ -188,34 +111,12 @@ class VcsGitTest : public ::testing::Test {
     return Repo{id, url, proxy, "refs/pefnos/" + std::to_string(id) + "/", {}};
   }
 
-  Result<std::vector<Head>> listHeads(const Repo& r) {
-    return await<Result<std::vector<Head>>>([&](auto done) { vcs->listHeads(r, done); });
-  }
-  Status updateProxy(const Repo& r, const std::vector<std::string>& branches) {
-    return await<Status>([&](auto done) { vcs->updateProxy(r, branches, done); });
-  }
-  Result<std::vector<CommitInfo>> listCommits(const Repo& r, const std::string& to,
-                                              const std::vector<std::string>& exclude,
-                                              size_t limit) {
-    return await<Result<std::vector<CommitInfo>>>(
-        [&](auto done) { vcs->listCommits(r, to, exclude, limit, done); });
-  }
-  Result<std::string> treeDigest(const Repo& r, const std::string& revision) {
-    return await<Result<std::string>>([&](auto done) { vcs->treeDigest(r, revision, done); });
-  }
-  Status forget(const Repo& r) {
-    return await<Status>([&](auto done) { vcs->forget(r, done); });
-  }
   std::string proxyRef(const std::string& ref) {
     auto [code, out] = test::run({"git", "--git-dir=" + proxy, "rev-parse", "--verify", "-q", ref});
     return code == 0 ? trimmed(out) : "";
   }
 
   test::TempDir tmp{"pefnos-git"};
-  uv_loop_t loop;
-  std::unique_ptr<CountingHost> host;
-  std::unique_ptr<plugin::Registry> registry;
-  std::shared_ptr<Vcs> vcs;
   std::string proxy;
 };
 
@@ -288,48 +189,6 @@ TEST_F(VcsGitTest, ListCommitsAcrossAMergeGivesParentsFilesMessagesDatesOldestFi
   EXPECT_EQ(sideInfo.files, std::vector<std::string>{"dir/b.txt"});
   EXPECT_EQ(sideInfo.author_date, "2024-01-02T10:00:00-05:00");
   EXPECT_EQ(sideInfo.committer_date, "2024-01-02T12:00:00+00:00");
-}
-
-TEST_F(VcsGitTest, ListCommitsLimitKeepsTheNewest) {
-  std::string up = makeUpstream("up");
-  std::vector<std::string> revs;
-  for (int i = 0; i < 5; ++i)
-    revs.push_back(commitFile(up, "f" + std::to_string(i), "c" + std::to_string(i)));
-  Repo r = repo(1, up);
-  ASSERT_TRUE(updateProxy(r, {"main"}));
-
-  auto commits = listCommits(r, revs[4], {revs[0]}, 2);
-  ASSERT_TRUE(commits) << commits.error().message;
-  ASSERT_EQ(commits->size(), 2u);
-  EXPECT_EQ((*commits)[0].revision, revs[3]);
-  EXPECT_EQ((*commits)[1].revision, revs[4]);
-  EXPECT_EQ((*commits)[1].parents, std::vector<std::string>{revs[3]});
-}
-
-TEST_F(VcsGitTest, ListCommitsIgnoresExclusionsTheProxyDoesNotKnow) {
-  std::string up = makeUpstream("up");
-  std::string first = commitFile(up, "a", "first");
-  std::string second = commitFile(up, "b", "second");
-  Repo r = repo(1, up);
-  ASSERT_TRUE(updateProxy(r, {"main"}));
-
-  std::string unknown(40, 'e');
-  auto commits = listCommits(r, second, {unknown, first}, 10);
-  ASSERT_TRUE(commits) << commits.error().message;
-  ASSERT_EQ(commits->size(), 1u);
-  EXPECT_EQ(commits->front().revision, second);
-}
-
-TEST_F(VcsGitTest, ListCommitsOfARevisionTheProxyLacksFails) {
-  std::string up = makeUpstream("up");
-  commitFile(up, "a", "first");
-  Repo r = repo(1, up);
-  ASSERT_TRUE(updateProxy(r, {"main"}));
-
-  auto commits = listCommits(r, std::string(40, 'e'), {}, 10);
-  ASSERT_FALSE(commits);
-  EXPECT_NE(commits.error().message.find(std::string(40, 'e')), std::string::npos)
-      << commits.error().message;
 }
 
 TEST_F(VcsGitTest, ListCommitsReportsOddFileNamesExactly) {
@@ -544,18 +403,6 @@ TEST_F(VcsGitTest, ConcurrentUpdatesOfOneProxyRunOneAfterTheOther) {
   EXPECT_EQ(proxyRef("refs/pefnos/2/main"), extra);
   EXPECT_NE(proxyRef("refs/pefnos/1/main"), "");  // forgotten, then fetched again, in order
   EXPECT_EQ(test::run({"git", "--git-dir=" + proxy, "fsck"}).first, 0);
-}
-
-TEST_F(VcsGitTest, NoCallbackAfterTheVcsIsDestroyed) {
-  std::string up = makeUpstream("up");
-  commitFile(up, "a", "base");
-  bool called = false;
-  vcs->listHeads(repo(1, up), [&](Result<std::vector<Head>>) { called = true; });
-  vcs->updateProxy(repo(1, up), {"main"}, [&](Status) { called = true; });
-  vcs.reset();
-  uv_run(&loop, UV_RUN_DEFAULT);  // the killed processes end; nobody is told
-  EXPECT_FALSE(called);
-  EXPECT_EQ(host->in_flight, 0);
 }
 
 }  // namespace
