@@ -129,7 +129,9 @@ TEST(Cli, HelpIsOfferedOnEveryCommand) {
   for (std::vector<std::string> cmd : {std::vector<std::string>{"--help"}, {"up", "--help"},
                                        {"master", "--help"}, {"db", "migrate", "--help"},
                                        {"config", "import", "--help"}, {"ctl", "ping", "--help"},
-                                       {"cluster", "start", "--help"}}) {
+                                       {"cluster", "start", "--help"}, {"worker", "--help"},
+                                       {"ctl", "force-build", "--help"}, {"ctl", "stop", "--help"},
+                                       {"ctl", "worker-secret", "--help"}, {"plugins", "list", "--help"}}) {
     cmd.insert(cmd.begin(), test::pefnosBinary());
     auto [rc, out] = test::run(cmd);
     EXPECT_EQ(rc, 0) << cmd[1];
