@@ -522,6 +522,16 @@ void Scheduler::endPoll(int id, Result<PollReport> outcome, uint64_t started_ms)
   auto it = repos_.find(id);
   auto row = model_.repository(id);
   const std::string name = row ? row->name : std::to_string(id);
+  // Whoever waits (poll-now) hears of the poll once its row says so.
+  auto waiters = std::make_shared<std::vector<std::function<void(Result<PollReport>)>>>();
+  if (it != repos_.end()) {
+    *waiters = std::move(it->second->running_waiters);
+    it->second->running_waiters.clear();
+  }
+  auto tell = [waiters, outcome, alive = std::weak_ptr<bool>(alive_)](Result<Done>) {
+    if (alive.expired()) return;
+    for (auto& w : *waiters) w(outcome);
+  };
   if (outcome) {
     const PollReport& r = *outcome;
     if (r.changed || r.discovered || r.vanished) {
@@ -534,7 +544,7 @@ void Scheduler::endPoll(int id, Result<PollReport> outcome, uint64_t started_ms)
           tx.exec_params(kPollOk, id, duration);
           return Done{};
         },
-        [](Result<Done>) {});
+        tell);
   } else {
     const std::string message = outcome.error().message;
     const int failures = it != repos_.end() ? it->second->failures + 1 : 1;
@@ -552,14 +562,12 @@ void Scheduler::endPoll(int id, Result<PollReport> outcome, uint64_t started_ms)
           }
           return Done{};
         },
-        [](Result<Done>) {});
+        tell);
   }
   if (it == repos_.end()) return pump();
   RepoState& state = *it->second;
   state.polling = false;
   state.failures = outcome ? 0 : state.failures + 1;
-  auto waiters = std::move(state.running_waiters);
-  state.running_waiters.clear();
   if (!row || !row->active) {
     repos_.erase(it);
   } else if (state.again) {
@@ -572,7 +580,6 @@ void Scheduler::endPoll(int id, Result<PollReport> outcome, uint64_t started_ms)
                                                          options_.max_backoff_seconds) * 1000);
     arm(state, jittered(delay));
   }
-  for (auto& w : waiters) w(outcome);
   pump();
 }
 

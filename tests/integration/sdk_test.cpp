@@ -167,7 +167,8 @@ TEST_F(Sdk, PluginBuiltOutOfTreeAgainstTheInstalledSdkIsLoadedAndPolled) {
   ASSERT_EQ(install_rc, 0) << install_out;
   for (const char* file :
        {"/include/pefnos/plugin.h", "/include/pefnos/vcs.h", "/include/pefnos/host.h",
-        "/include/pefnos/result.h", "/lib/cmake/PefnosSDK/PefnosSDKConfig.cmake",
+        "/include/pefnos/result.h", "/include/pefnos/step.h", "/include/pefnos/plugin_support.h",
+        "/lib/cmake/PefnosSDK/PefnosSDKConfig.cmake",
         "/lib/cmake/PefnosSDK/PefnosSDKConfigVersion.cmake",
         "/lib/cmake/PefnosSDK/PefnosPlugin.cmake"}) {
     EXPECT_TRUE(fs::exists(prefix + file)) << file << " was not installed\n" << install_out;
