@@ -15,3 +15,5 @@ CREATE TRIGGER build_request_notify AFTER INSERT ON pefnos.build_request
   FOR EACH STATEMENT EXECUTE FUNCTION pefnos.notify_request();
 
 CREATE INDEX build_running ON pefnos.build (builder_id) WHERE state IN ('pending', 'running');
+-- A builder's latest builds, newest first (what the steps saw last time).
+CREATE INDEX build_latest ON pefnos.build (builder_id, id);

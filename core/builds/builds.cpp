@@ -536,14 +536,14 @@ struct Builds::Impl {
       files = sep == std::string::npos ? "" : files.substr(sep + 1);
     }
     c.context.revision = x[7].as<std::string>();
+    // The last five finished builds of this builder and branch, newest
+    // first: walked backwards on build (builder_id, id), not sorted whole.
     for (const auto& p : tx.exec_params(
-             "SELECT st.position, st.summary::text FROM pefnos.build bu"
-             " JOIN pefnos.build_request r ON r.id = bu.request_id JOIN pefnos.step st ON st.build_id = bu.id"
-             " WHERE bu.builder_id = $1 AND r.branch_id IS NOT DISTINCT FROM nullif($2, 0)"
-             "  AND bu.state NOT IN ('pending', 'running') AND bu.id IN (SELECT bb.id FROM pefnos.build bb"
+             "SELECT st.position, st.summary::text FROM (SELECT bb.id FROM pefnos.build bb"
              "  JOIN pefnos.build_request rr ON rr.id = bb.request_id WHERE bb.builder_id = $1"
              "  AND rr.branch_id IS NOT DISTINCT FROM nullif($2, 0) AND bb.state NOT IN ('pending', 'running')"
-             "  ORDER BY bb.id DESC LIMIT 5) ORDER BY bu.id DESC",
+             "  ORDER BY bb.id DESC LIMIT 5) last JOIN pefnos.step st ON st.build_id = last.id"
+             " ORDER BY last.id DESC",
              c.builder, x[8].as<int>())) {
       c.previous[p[0].as<int>()].push_back(p[1].as<std::string>());
     }
@@ -853,8 +853,25 @@ struct Builds::Impl {
   // ---------------------------------------------------------------- commands
   void forceBuild(int builder, int branch, const std::string& revision,
                   std::function<void(Result<json>)> done) {
-    db.transact<json>(
-        [builder, branch, revision](pqxx::work& tx) {
+    // The request is queued and, in the same transaction, claimed for a free
+    // worker: one commit less between the command and the worker.
+    std::shared_ptr<Session> free;
+    for (const auto& s : sessions) {
+      if (s->state == Session::State::ready && !s->claiming && s->freeSlots() > 0) {
+        free = s;
+        break;
+      }
+    }
+    if (free) free->claiming = true;
+    struct Forced {
+      json reply;
+      std::optional<Claimed> claimed;
+    };
+    db.transact<Forced>(
+        [builder, branch, revision, free = free ? std::optional<std::tuple<std::string, bool, int>>(
+                                                      std::make_tuple(free->tags.dump(), free->trusted, free->worker_id))
+                                                : std::nullopt,
+         name = options.master_name, lease = options.lease_seconds](pqxx::work& tx) {
           auto head = tx.exec_params(
               "SELECT coalesce(nullif($2, ''), h.revision) FROM pefnos.branch br"
               " LEFT JOIN pefnos.branch_head h ON h.branch_id = br.id WHERE br.id = $1",
@@ -870,11 +887,34 @@ struct Builds::Impl {
               "  WHERE h.branch_id = $2 AND h.revision = $3), $3, 'force', 10"
               " RETURNING id, revision",
               builder, branch, head[0][0].as<std::string>());
-          return json{{"request", r[0][0].as<long long>()}, {"revision", r[0][1].as<std::string>()}};
+          Forced f{json{{"request", r[0][0].as<long long>()}, {"revision", r[0][1].as<std::string>()}}, {}};
+          if (free) {
+            // A savepoint: a claim that loses a race leaves the request queued.
+            tx.exec("SAVEPOINT claim");
+            try {
+              f.claimed = claimOne(tx, std::get<0>(*free), std::get<1>(*free), std::get<2>(*free), name, lease);
+              tx.exec("RELEASE SAVEPOINT claim");
+            } catch (const std::exception&) {
+              tx.exec("ROLLBACK TO SAVEPOINT claim");
+            }
+          }
+          return f;
         },
-        [this, done = std::move(done)](Result<json> r) {
-          dispatch();  // at once: the worker hears within milliseconds
-          done(std::move(r));
+        [this, free, alive = std::weak_ptr<bool>(alive), done = std::move(done)](Result<Forced> r) {
+          if (alive.expired()) return;
+          if (free) free->claiming = false;
+          if (r && r->claimed) {
+            if (free->state == Session::State::ready) {
+              begin(free, std::move(*r->claimed));
+            } else {
+              auto run = std::make_shared<Run>();
+              run->claimed = std::move(*r->claimed);
+              interrupt(run, "the worker left before the build started");
+            }
+          }
+          dispatch();  // the other workers, and this one's other slots
+          if (!r) return done(r.error());
+          done(std::move(r->reply));
         });
   }
 

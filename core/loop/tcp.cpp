@@ -86,6 +86,8 @@ Status TcpStream::connect(uv_loop_t* loop, const std::string& host, int port,
                      Result<std::unique_ptr<TcpStream>>(Error{uvMessage(r->what, status)}));
           return;
         }
+        // Messages are small and answered: no Nagle delay (40 ms with delayed ACKs).
+        uv_tcp_nodelay(&r->stream->impl_->handle, 1);
         callSafely("tcp", std::move(r->connected), std::move(r->stream));
       });
   if (rc == 0) return ok();
@@ -181,6 +183,7 @@ Result<std::unique_ptr<TcpServer>> TcpServer::listen(
                        log::warning("tcp", uvMessage("cannot accept on " + impl->address, rc));
                        return;
                      }
+                     uv_tcp_nodelay(&stream->impl_->handle, 1);  // small, answered messages
                      sockaddr_storage peer{};
                      int len = sizeof peer;
                      if (uv_tcp_getpeername(&stream->impl_->handle,

@@ -285,6 +285,8 @@ struct Worker::Impl {
   void buildEnd(int64_t build) {
     stopBuild(build);
     builds.erase(build);
+    std::error_code ec;
+    if (fs::remove(buildDir(build), ec) || !fs::exists(buildDir(build), ec)) return;  // it was empty
     // rm in a child: a build tree can be large, and the loop must not wait.
     // Kept until it exits, so that it is reaped.
     loop::ProcessOptions o{.argv = {"rm", "-rf", "--", buildDir(build).string()}};
