@@ -418,6 +418,62 @@ TEST_F(Builds, AMasterKilledMidBuildLosesNothingWhenItStartsAgain) {
   EXPECT_EQ(tdb_.scalar("SELECT count(*) FROM pefnos.build_request"), "1");
 }
 
+TEST_F(Builds, RequiredTagsPickTheWorkerAndPriorityThenAgeOrderTheQueue) {
+  int repo = addRepository();
+  int tagged = addBuilder(R"([{"type": "shell", "argv": ["true"]}])", false, R"({"os": "debian"})", 1);
+  std::string plain_secret = addWorker("plain"), debian_secret = addWorker("debian");
+  startMaster();
+  poll(repo);  // the branch has a head
+  for (int priority : {0, 5, 10, 5}) {
+    tdb_.scalar("INSERT INTO pefnos.build_request (builder_id, branch_id, revision, reason, priority) "
+                "SELECT " + std::to_string(tagged) + ", " + std::to_string(branch_) +
+                ", revision, 'force', " + std::to_string(priority) + " FROM pefnos.branch_head");
+  }
+  auto plain = startWorker("plain", plain_secret);
+  ASSERT_TRUE(master_->waitOutput("worker 'plain' connected", seconds(20)));
+  std::this_thread::sleep_for(milliseconds(500));
+  EXPECT_EQ(tdb_.scalar("SELECT count(*) FROM pefnos.build"), "0") << "a worker without the tag took the build";
+  // The worker declares the tag itself (the configuration may add more).
+  auto debian = startWorker("debian", debian_secret, "os=debian,arch=amd64");
+  ASSERT_TRUE(waitUntil([&] { return tdb_.scalar("SELECT count(*) FROM pefnos.build WHERE state = 'succeeded'") == "5"; },
+                        seconds(30)))
+      << master_->output();
+  // The poll's request (priority 0, oldest) came first in age but last in priority.
+  EXPECT_EQ(tdb_.scalar("SELECT string_agg(r.priority::text || ':' || r.id, ',' ORDER BY b.number) FROM pefnos.build b "
+                        "JOIN pefnos.build_request r ON r.id = b.request_id"),
+            tdb_.scalar("SELECT string_agg(priority::text || ':' || id, ',' ORDER BY priority DESC, id) "
+                        "FROM pefnos.build_request"));
+  EXPECT_EQ(tdb_.scalar("SELECT count(DISTINCT worker_id) FROM pefnos.build"), "1");
+}
+
+TEST_F(Builds, AWorkerOfAnotherProtocolVersionIsRefusedWithTheReason) {
+  addWorker("w1");
+  startMaster();
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port_));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  std::string hello = protocol::encodeControl({{"type", "hello"}, {"version", 99}, {"name", "w1"}});
+  ASSERT_EQ(write(fd, hello.data(), hello.size()), static_cast<ssize_t>(hello.size()));
+  protocol::Decoder decoder;
+  char buf[4096];
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::optional<protocol::Frame> frame;
+  for (ssize_t n; !frame && (n = read(fd, buf, sizeof buf)) > 0;) {
+    ASSERT_TRUE(decoder.feed(std::string_view(buf, static_cast<size_t>(n))));
+    frame = decoder.next();
+  }
+  close(fd);
+  ASSERT_TRUE(frame.has_value());
+  auto message = protocol::parseControl(frame->payload);
+  ASSERT_TRUE(message);
+  EXPECT_EQ((*message)["type"], "refused");
+  EXPECT_NE((*message)["reason"].get<std::string>().find("protocol version 1"), std::string::npos) << frame->payload;
+}
+
 TEST_F(Builds, CMakeStepConfiguresBuildsAndCountsTestsOnTheWorker) {
   forge_->commit("main",
                  {{"CMakeLists.txt", "cmake_minimum_required(VERSION 3.16)\nproject(t LANGUAGES NONE)\n"
