@@ -90,6 +90,20 @@ class Builds : public ::testing::Test {
     if (!tags.empty()) argv.insert(argv.end(), {"--tags", tags});
     return std::make_unique<Child>(argv);
   }
+  // A raw TCP connection to the master's worker port that has sent bytes;
+  // reads on it time out after 10 s.
+  int connectRaw(const std::string& bytes) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port_));
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    EXPECT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+    timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+  }
   // Polls the repository: its head becomes a build request.
   void poll(int repo) {
     std::string id = tdb_.scalar("SELECT pefnos.poll_now(" + std::to_string(repo) + ")");
@@ -262,16 +276,8 @@ TEST_F(Builds, MalformedFramesDropOnlyThatConnection) {
   std::string secret = addWorker("w1");
   startMaster();
   auto sendRaw = [&](const std::string& bytes) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port_));
-    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    EXPECT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+    int fd = connectRaw(bytes);
     char buf[64];
-    timeval tv{5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ssize_t n = read(fd, buf, sizeof buf);  // 0: the master closed it
     close(fd);
     return n;
@@ -449,18 +455,9 @@ TEST_F(Builds, RequiredTagsPickTheWorkerAndPriorityThenAgeOrderTheQueue) {
 TEST_F(Builds, AWorkerOfAnotherProtocolVersionIsRefusedWithTheReason) {
   addWorker("w1");
   startMaster();
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port_));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  std::string hello = protocol::encodeControl({{"type", "hello"}, {"version", 99}, {"name", "w1"}});
-  ASSERT_EQ(write(fd, hello.data(), hello.size()), static_cast<ssize_t>(hello.size()));
+  int fd = connectRaw(protocol::encodeControl({{"type", "hello"}, {"version", 99}, {"name", "w1"}}));
   protocol::Decoder decoder;
   char buf[4096];
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::optional<protocol::Frame> frame;
   for (ssize_t n; !frame && (n = read(fd, buf, sizeof buf)) > 0;) {
     ASSERT_TRUE(decoder.feed(std::string_view(buf, static_cast<size_t>(n))));
