@@ -38,6 +38,7 @@ struct ServeArgs {
   std::string name;
   bool demo = false;
   int db_connections = 2;
+  int heartbeat_seconds = 10;  // the master's, and its workers' (silence for 3 of them drops one)
   std::string state_dir;                 // default: HOME/state
   std::vector<std::string> plugin_dirs;  // --plugin-dir
   cluster::Options cluster;

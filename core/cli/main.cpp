@@ -208,6 +208,10 @@ int main(int argc, char** argv) {
   master->add_option("--workers", master_args.workers,
                      "where workers connect, HOST:PORT (port 0: any free one), or none")
       ->capture_default_str();
+  master->add_option("--heartbeat", master_args.heartbeat_seconds,
+                     "seconds between heartbeats (leases, workers); a worker silent for three is dropped")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
   master->add_option("--db-connections", master_args.db_connections,
                      "database connections for queries")
       ->check(CLI::Range(1, 64))

@@ -28,6 +28,7 @@ int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
   options.conninfo = conninfo;
   options.name = args.name.empty() ? master::defaultName() : args.name;
   options.db_connections = args.db_connections;
+  options.heartbeat_seconds = args.heartbeat_seconds;
   options.state_dir = args.state_dir.empty()
                           ? (cluster::layoutFor(args.db.home.empty() ? cluster::defaultHome().string()
                                                                      : args.db.home)

@@ -1,6 +1,8 @@
 #include "core/master/master.h"
 
 #include <malloc.h>
+
+#include <algorithm>
 #include <unistd.h>
 
 #include "core/base/log.h"
@@ -119,6 +121,8 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
   if (!options_.workers_listen.empty()) {
     builds::Options bopts;
     bopts.master_name = options_.name;
+    bopts.heartbeat_seconds = options_.heartbeat_seconds;
+    bopts.lease_seconds = std::max(60, 6 * options_.heartbeat_seconds);
     const auto colon = options_.workers_listen.rfind(':');
     bopts.listen_host = options_.workers_listen.substr(0, colon);
     bopts.listen_port = std::stoi(options_.workers_listen.substr(colon + 1));

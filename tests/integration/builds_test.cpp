@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/protocol/auth.h"
 #include "core/protocol/protocol.h"
 #include "tests/support/child.h"
 #include "tests/support/forge.h"
@@ -72,10 +73,10 @@ class Builds : public ::testing::Test {
               "t");
     return file;
   }
-  void startMaster() {
+  void startMaster(int heartbeat_seconds = 10) {
     master_ = std::make_unique<Child>(std::vector<std::string>{
         test::pefnosBinary(), "master", "--db", tdb_.conninfo(), "--name", "m", "--state-dir",
-        dir_.path() + "/state", "--workers", "127.0.0.1:0"});
+        dir_.path() + "/state", "--workers", "127.0.0.1:0", "--heartbeat", std::to_string(heartbeat_seconds)});
     ASSERT_TRUE(master_->waitOutput("listening for workers on 127.0.0.1:", seconds(30))) << master_->output();
     std::smatch m;
     std::string out = master_->output();
@@ -103,6 +104,18 @@ class Builds : public ::testing::Test {
     timeval tv{10, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
+  }
+  // The next control message from a raw connection (skipping heartbeats), or nullopt.
+  static std::optional<nlohmann::json> readControl(int fd, protocol::Decoder& decoder) {
+    char buf[4096];
+    for (;;) {
+      while (auto frame = decoder.next()) {
+        auto m = protocol::parseControl(frame->payload);
+        if (m && (*m)["type"] != "heartbeat") return *m;
+      }
+      ssize_t n = read(fd, buf, sizeof buf);
+      if (n <= 0 || !decoder.feed(std::string_view(buf, static_cast<size_t>(n)))) return std::nullopt;
+    }
   }
   // Polls the repository: its head becomes a build request.
   void poll(int repo) {
@@ -469,6 +482,47 @@ TEST_F(Builds, AWorkerOfAnotherProtocolVersionIsRefusedWithTheReason) {
   ASSERT_TRUE(message);
   EXPECT_EQ((*message)["type"], "refused");
   EXPECT_NE((*message)["reason"].get<std::string>().find("protocol version 1"), std::string::npos) << frame->payload;
+}
+
+TEST_F(Builds, AWorkerThatFallsSilentIsDroppedAndItsBuildRunsElsewhere) {
+  int repo = addRepository();
+  int builder = addBuilder(R"([{"type": "shell", "argv": ["true"]}])");
+  std::string secret_file = addWorker("mute");
+  std::string good = addWorker("w2");
+  startMaster(1);  // heartbeats every second: silence for 3 s drops a worker
+  // A worker that logs in properly, is given a build, then says nothing more
+  // (a network partition, a frozen machine).
+  std::ifstream in(secret_file);
+  std::string secret;
+  std::getline(in, secret);
+  int fd = connectRaw(protocol::encodeControl({{"type", "hello"}, {"version", 1}, {"name", "mute"},
+                                               {"tags", nlohmann::json::object()}, {"slots", 1}}));
+  protocol::Decoder decoder;
+  auto challenge = readControl(fd, decoder);
+  ASSERT_TRUE(challenge && (*challenge)["type"] == "challenge");
+  auto salt = protocol::unbase64((*challenge)["salt"].get<std::string>());
+  ASSERT_TRUE(salt);
+  std::string proof = protocol::clientProof(secret, *salt, (*challenge)["iterations"].get<int>(),
+                                            protocol::authMessage("mute", (*challenge)["nonce"].get<std::string>()));
+  std::string auth = protocol::encodeControl({{"type", "auth"}, {"proof", proof}});
+  ASSERT_EQ(write(fd, auth.data(), auth.size()), static_cast<ssize_t>(auth.size()));
+  auto welcome = readControl(fd, decoder);
+  ASSERT_TRUE(welcome && (*welcome)["type"] == "welcome") << (welcome ? welcome->dump() : "nothing");
+  poll(repo);
+  auto start = readControl(fd, decoder);
+  ASSERT_TRUE(start && (*start)["type"] == "build-start") << (start ? start->dump() : "nothing");
+  // Silence. The master drops it within a few heartbeats and queues the build again.
+  EXPECT_TRUE(waitUntil([&] { return tdb_.scalar("SELECT state FROM pefnos.build WHERE number = 1") == "interrupted"; },
+                        seconds(15)))
+      << master_->output();
+  EXPECT_NE(master_->output().find("worker 'mute'"), std::string::npos);
+  EXPECT_EQ(tdb_.scalar("SELECT state FROM pefnos.build_request"), "queued");
+  close(fd);
+  auto worker = startWorker("w2", good);
+  EXPECT_TRUE(waitUntil([&] { return tdb_.scalar("SELECT state FROM pefnos.build WHERE number = 2") == "succeeded"; },
+                        seconds(30)))
+      << master_->output();
+  (void)builder;
 }
 
 TEST_F(Builds, CMakeStepConfiguresBuildsAndCountsTestsOnTheWorker) {
