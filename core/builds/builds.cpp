@@ -974,4 +974,14 @@ void Builds::stopBuild(long long build, std::function<void(Result<nlohmann::json
 void Builds::renewLeases() { impl_->renewLeases(); }
 Counters Builds::counters() const { return impl_->counters; }
 
+std::vector<WorkerInfo> Builds::workers() const {
+  std::vector<WorkerInfo> out;
+  for (const auto& s : impl_->sessions) {
+    if (s->state != Session::State::ready) continue;
+    out.push_back({s->name, s->peer, s->slots, s->runs.size(), s->trusted, s->tags});
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return out;
+}
+
 }  // namespace pefnos::builds

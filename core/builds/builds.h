@@ -35,6 +35,15 @@ struct Options {
   size_t log_budget = 8u << 20;  // bytes of output buffered before workers are slowed down
 };
 
+// A connected, authenticated worker as this master sees it.
+struct WorkerInfo {
+  std::string name, peer;
+  int slots = 0;
+  size_t running = 0;
+  bool trusted = false;
+  nlohmann::json tags;
+};
+
 struct Counters {
   uint64_t builds_started = 0, builds_finished = 0, log_bytes = 0;
   size_t workers = 0, running = 0;
@@ -63,6 +72,7 @@ class Builds {
   void renewLeases();
 
   Counters counters() const;
+  std::vector<WorkerInfo> workers() const;
 
   struct Impl;
 

@@ -43,6 +43,7 @@ struct ServeArgs {
   std::vector<std::string> plugin_dirs;  // --plugin-dir
   cluster::Options cluster;
   std::string workers = "127.0.0.1:7420";  // --workers; "none": no workers
+  std::string http = "none";               // --http; `up` serves it by default
   int local_slots = 2;                     // up: slots of the local worker
 };
 

@@ -192,6 +192,9 @@ int main(int argc, char** argv) {
                  "where workers connect, HOST:PORT (port 0: any free one), or none; a local "
                  "worker named 'local' connects here")
       ->capture_default_str();
+  up_args.http = "127.0.0.1:7421";
+  up->add_option("--http", up_args.http, "the JSON API and /metrics, HOST:PORT (port 0: any), or none")
+      ->capture_default_str();
   up->add_option("--local-slots", up_args.local_slots, "builds the local worker runs at once")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
@@ -207,6 +210,9 @@ int main(int argc, char** argv) {
   master->add_option("--plugin-dir", master_args.plugin_dirs, "also load plugins from this directory");
   master->add_option("--workers", master_args.workers,
                      "where workers connect, HOST:PORT (port 0: any free one), or none")
+      ->capture_default_str();
+  master->add_option("--http", master_args.http,
+                     "serve the JSON API and /metrics on HOST:PORT (port 0: any), or none")
       ->capture_default_str();
   master->add_option("--heartbeat", master_args.heartbeat_seconds,
                      "seconds between heartbeats (leases, workers); a worker silent for three is dropped")

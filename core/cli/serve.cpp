@@ -36,8 +36,11 @@ int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
                           : args.state_dir;
   options.plugin_dirs = args.plugin_dirs;
   options.workers_listen = args.workers == "none" ? "" : args.workers;
-  if (!options.workers_listen.empty() && options.workers_listen.rfind(':') == std::string::npos) {
-    fail("--workers wants HOST:PORT or none, not '" + options.workers_listen + "'");
+  options.http_listen = args.http == "none" ? "" : args.http;
+  for (const auto& [flag, value] : {std::pair{"--workers", options.workers_listen}, {"--http", options.http_listen}}) {
+    if (!value.empty() && value.rfind(':') == std::string::npos) {
+      fail(std::string(flag) + " wants HOST:PORT or none, not '" + value + "'");
+    }
   }
   auto master = std::make_unique<master::Master>(loop, options);
   if (on_serving) master->onServing([&] { on_serving(*master); });
@@ -283,6 +286,8 @@ int runUp(const ServeArgs& args) {
             << "  database   " << conninfo << "\n"
             << "  psql       psql \"$(pefnos db url --home " << h << ")\"\n"
             << "  try        pefnos ctl ping --wait --home " << h << "\n"
+            << (args.http == "none" ? std::string()
+                                    : "  api        http://" + args.http + "/api/v1/status  (and /metrics)\n")
             << "  stop       Ctrl-C\n"
             << std::flush;
   int rc = serve(&loop, args, conninfo, stop_cluster, start_local, stop_local);

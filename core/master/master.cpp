@@ -26,6 +26,7 @@ Master::~Master() { teardown(); }
 
 void Master::teardown() {
   // Users of the database first: a delivery must never reach a dead room.
+  web_.reset();
   builds_.reset();
   scheduler_.reset();
   runner_.reset();
@@ -178,6 +179,7 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
       scheduler_started_ = true;
       scheduler_->start();
       runner_->start();
+      startWeb();
       if (!builds_) {
         if (on_serving_) on_serving_();
         return;
@@ -210,6 +212,20 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
   heartbeat_timer_.start(options_.heartbeat_seconds * 1000, options_.heartbeat_seconds * 1000,
                          [this] { heartbeat(); });
   log::info("master", "serving");
+}
+
+void Master::startWeb() {
+  if (options_.http_listen.empty()) return;
+  const auto colon = options_.http_listen.rfind(':');
+  web::Options wopts;
+  wopts.host = options_.http_listen.substr(0, colon);
+  wopts.port = std::stoi(options_.http_listen.substr(colon + 1));
+  web_ = std::make_unique<web::Web>(loop_, *db_, builds_.get(), *scheduler_, wopts);
+  if (auto s = web_->start(); !s) {
+    log::error("master", "cannot serve HTTP: ", s.error().message);
+    recordEvent("error", "web", "cannot serve HTTP: " + s.error().message, {});
+    web_.reset();
+  }
 }
 
 void Master::recordEvent(const std::string& level, const std::string& source,

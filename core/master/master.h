@@ -18,6 +18,7 @@
 #include "core/loop/loop.h"
 #include "core/plugin/plugin.h"
 #include "core/builds/builds.h"
+#include "core/web/web.h"
 #include "core/scheduler/scheduler.h"
 
 namespace pefnos::master {
@@ -31,6 +32,8 @@ struct Options {
   std::vector<std::string> plugin_dirs;  // besides the built-in one and the configured ones
   // Where workers connect ("HOST:PORT"; port 0 picks one, logged); empty: no workers.
   std::string workers_listen = "127.0.0.1:7420";
+  // The JSON API and metrics ("HOST:PORT"; port 0 picks one, logged); empty: none.
+  std::string http_listen;
 };
 
 // `hostname` of this machine: the default master name.
@@ -52,6 +55,7 @@ class Master {
   const std::string& name() const { return options_.name; }
   // Once it listens for workers (0 before, or without workers).
   int workersPort() const { return builds_ ? builds_->port() : 0; }
+  int httpPort() const { return web_ ? web_->port() : 0; }
   // Runs once the master serves: configuration loaded, workers listened for.
   void onServing(std::function<void()> fn) { on_serving_ = std::move(fn); }
 
@@ -59,6 +63,7 @@ class Master {
   void serve(const std::vector<std::string>& configured_plugin_dirs);
   void loadPlugins(const std::vector<std::string>& configured_dirs);
   void heartbeat();
+  void startWeb();
   void teardown();  // every room, in the order that keeps callbacks away from the dead
   // A row in pefnos.event: where a GUI user looks for what went wrong.
   void recordEvent(const std::string& level, const std::string& source, const std::string& message,
@@ -74,6 +79,7 @@ class Master {
   std::unique_ptr<plugin::Registry> plugins_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::unique_ptr<builds::Builds> builds_;
+  std::unique_ptr<web::Web> web_;
   std::function<void()> on_serving_;
   loop::Timer heartbeat_timer_;
   loop::Timer stop_timer_;

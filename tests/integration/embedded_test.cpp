@@ -6,9 +6,11 @@
 #include <filesystem>
 #include <fstream>
 #include <pqxx/pqxx>
+#include <regex>
 
 #include "core/cluster/cluster.h"
 #include "tests/support/child.h"
+#include "tests/support/http_client.h"
 #include "tests/support/testdb.h"
 
 namespace pefnos {
@@ -32,7 +34,7 @@ TEST(Up, DemoServesCommandsAndCtrlCLeavesNoProcessBehind) {
   const std::string bin = test::pefnosBinary();
   pid_t server = 0;
   for (int round = 0; round < 2; ++round) {
-    Child up({bin, "up", "--home", home, "--demo", "--workers", "127.0.0.1:0"});
+    Child up({bin, "up", "--home", home, "--demo", "--workers", "127.0.0.1:0", "--http", "127.0.0.1:0"});
     ASSERT_TRUE(up.waitOutput("pefnos is up", seconds(90))) << up.output();
     // The second run reuses the cluster the first one created.
     EXPECT_EQ(up.output().find("creating a PostgreSQL cluster") != std::string::npos, round == 0)
@@ -82,6 +84,14 @@ TEST(Up, DemoServesCommandsAndCtrlCLeavesNoProcessBehind) {
       EXPECT_EQ(scalar("SELECT r.state FROM pefnos.build_request r JOIN pefnos.branch b ON b.id = r.branch_id "
                        "JOIN pefnos.repository p ON p.id = b.repository_id WHERE p.name = 'demo-fork'"),
                 "queued");
+      // The same, through the demo's HTTP API.
+      std::smatch m;
+      std::string out = up.output();
+      ASSERT_TRUE(std::regex_search(out, m, std::regex("serving HTTP on http://127\\.0\\.0\\.1:(\\d+)/")));
+      auto status = test::request(std::stoi(m[1]), "GET", "/api/v1/status");
+      EXPECT_EQ(status.status, 200);
+      EXPECT_NE(status.body.find("\"succeeded\":4"), std::string::npos) << status.body;
+      EXPECT_NE(status.body.find("\"workers\":1"), std::string::npos) << status.body;
     }
 
     EXPECT_EQ(up.stop(SIGINT, seconds(60)), 0) << up.output();

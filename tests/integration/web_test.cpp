@@ -1,0 +1,113 @@
+// The JSON API and metrics of a real master (`--http 127.0.0.1:0`), read
+// over real loopback HTTP, against rows the test writes.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "tests/support/child.h"
+#include "tests/support/http_client.h"
+#include "tests/support/testdb.h"
+
+namespace pefnos {
+namespace {
+
+using namespace std::chrono;
+using nlohmann::json;
+
+using test::request;
+
+class Web : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // A finished build with two steps; the second printed a log in three chunks.
+    tdb_.scalar("INSERT INTO pefnos.project (id, name) VALUES (1, 'p')");
+    tdb_.scalar("INSERT INTO pefnos.builder (id, project_id, name) VALUES (1, 1, 'compile')");
+    tdb_.scalar("INSERT INTO pefnos.build_request (id, builder_id, revision, reason, state, finished_at) "
+                "VALUES (1, 1, 'abc', 'force', 'done', now())");
+    tdb_.scalar("INSERT INTO pefnos.build (id, request_id, builder_id, number, state, started_at, finished_at) "
+                "VALUES (7, 1, 1, 1, 'succeeded', now(), now())");
+    tdb_.scalar("INSERT INTO pefnos.step (id, build_id, position, name, type, state, summary) VALUES "
+                "(70, 7, 0, 'source', 'source', 'succeeded', '{}'), "
+                "(71, 7, 1, 'make', 'make', 'succeeded', '{\"warnings\": 2}')");
+    tdb_.scalar("INSERT INTO pefnos.log (step_id, seq, data) VALUES (71, 0, 'hello '), (71, 1, 'wide '), "
+                "(71, 2, 'world\n')");
+    master_ = std::make_unique<test::Child>(std::vector<std::string>{
+        test::pefnosBinary(), "master", "--db", tdb_.conninfo(), "--name", "m", "--workers", "127.0.0.1:0",
+        "--http", "127.0.0.1:0"});
+    ASSERT_TRUE(master_->waitOutput("serving HTTP on http://127.0.0.1:", seconds(30))) << master_->output();
+    std::smatch m;
+    std::string out = master_->output();
+    ASSERT_TRUE(std::regex_search(out, m, std::regex("serving HTTP on http://127\\.0\\.0\\.1:(\\d+)/")));
+    port_ = std::stoi(m[1]);
+  }
+
+  test::TestDatabase tdb_;
+  std::unique_ptr<test::Child> master_;
+  int port_ = 0;
+};
+
+TEST_F(Web, BuildsAreListedAndOneBuildCarriesItsSteps) {
+  auto list = request(port_, "GET", "/api/v1/builds?limit=10");
+  ASSERT_EQ(list.status, 200) << list.head << list.body;
+  auto builds = json::parse(list.body)["builds"];
+  ASSERT_EQ(builds.size(), 1u);
+  EXPECT_EQ(builds[0]["id"], 7);
+  EXPECT_EQ(builds[0]["builder"], "compile");
+  EXPECT_EQ(builds[0]["state"], "succeeded");
+
+  auto one = request(port_, "GET", "/api/v1/builds/7");
+  ASSERT_EQ(one.status, 200) << one.body;
+  auto build = json::parse(one.body);
+  ASSERT_EQ(build["steps"].size(), 2u);
+  EXPECT_EQ(build["steps"][1]["summary"]["warnings"], 2);
+  EXPECT_EQ(build["steps"][1]["log_bytes"], 17);
+
+  EXPECT_EQ(json::parse(request(port_, "GET", "/api/v1/builds?state=failed").body)["builds"].size(), 0u);
+  EXPECT_EQ(request(port_, "GET", "/api/v1/builds/8").status, 404);
+}
+
+TEST_F(Web, LogRangesCutAcrossChunksAndARangeBeyondTheEndIsRefused) {
+  auto all = request(port_, "GET", "/api/v1/steps/71/log");
+  ASSERT_EQ(all.status, 200);
+  EXPECT_EQ(all.body, "hello wide world\n");
+  EXPECT_NE(all.head.find("X-Log-Size: 17"), std::string::npos) << all.head;
+  EXPECT_EQ(request(port_, "GET", "/api/v1/steps/71/log?offset=3&limit=9").body, "lo wide w");
+  EXPECT_EQ(request(port_, "GET", "/api/v1/steps/71/log?offset=17").body, "");  // the end: nothing yet
+  auto beyond = request(port_, "GET", "/api/v1/steps/71/log?offset=18");
+  EXPECT_EQ(beyond.status, 416);
+  EXPECT_NE(beyond.body.find("beyond the end"), std::string::npos);
+  EXPECT_EQ(request(port_, "GET", "/api/v1/steps/99/log").status, 404);
+}
+
+TEST_F(Web, MetricsAndStatusSayWhatTheRowsSay) {
+  auto metrics = request(port_, "GET", "/metrics");
+  ASSERT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find("pefnos_builds{state=\"succeeded\"} 1\n"), std::string::npos) << metrics.body;
+  EXPECT_NE(metrics.body.find("pefnos_build_queue 0\n"), std::string::npos);
+  EXPECT_NE(metrics.body.find("# TYPE pefnos_log_bytes_total counter"), std::string::npos);
+  auto status = json::parse(request(port_, "GET", "/api/v1/status").body);
+  EXPECT_EQ(status["builds"]["succeeded"], 1);
+  EXPECT_EQ(status["queue"], 0);
+  EXPECT_EQ(status["workers"], 0);
+  EXPECT_EQ(json::parse(request(port_, "GET", "/api/v1/workers").body)["workers"].size(), 0u);
+}
+
+TEST_F(Web, BadRequestsGetClearErrorsAndWriteNothing) {
+  EXPECT_EQ(request(port_, "GET", "/api/v1/nothing-here").status, 404);
+  EXPECT_EQ(request(port_, "GET", "/etc/passwd").status, 404);
+  EXPECT_EQ(request(port_, "GET", "/api/v1/steps/..%2f..%2fetc/log").status, 404);
+  auto post = request(port_, "POST", "/api/v1/builds");
+  EXPECT_EQ(post.status, 405);
+  EXPECT_NE(post.head.find("Allow: GET, HEAD"), std::string::npos);
+  auto limit = request(port_, "GET", "/api/v1/builds?limit=abc");
+  EXPECT_EQ(limit.status, 400);
+  EXPECT_NE(limit.body.find("'limit'"), std::string::npos);
+  EXPECT_EQ(request(port_, "GET", "/api/v1/builds?limit=100000").status, 400);
+  EXPECT_EQ(tdb_.scalar("SELECT count(*) FROM pefnos.command"), "0");
+  // The master serves on after all that.
+  EXPECT_EQ(request(port_, "GET", "/api/v1/builds/7").status, 200);
+}
+
+}  // namespace
+}  // namespace pefnos
