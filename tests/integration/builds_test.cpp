@@ -18,6 +18,7 @@
 #include "core/protocol/protocol.h"
 #include "tests/support/child.h"
 #include "tests/support/forge.h"
+#include "tests/support/http_client.h"
 #include "tests/support/testdb.h"
 
 namespace pefnos {
@@ -93,18 +94,7 @@ class Builds : public ::testing::Test {
   }
   // A raw TCP connection to the master's worker port that has sent bytes;
   // reads on it time out after 10 s.
-  int connectRaw(const std::string& bytes) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port_));
-    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    EXPECT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
-    timeval tv{10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
-  }
+  int connectRaw(const std::string& bytes) { return test::connectLoopback(port_, bytes); }
   // The next control message from a raw connection (skipping heartbeats), or nullopt.
   static std::optional<nlohmann::json> readControl(int fd, protocol::Decoder& decoder) {
     char buf[4096];

@@ -1,4 +1,4 @@
-// A minimal HTTP/1.1 client for tests: one request per connection
+// Loopback sockets for tests, and a minimal HTTP/1.1 client: one request per connection
 // (Connection: close), read to the end. Blocking; loopback only.
 #pragma once
 
@@ -17,18 +17,25 @@ struct Reply {
   std::string head, body;
 };
 
-// One request on its own connection (Connection: close), read to the end.
-inline Reply request(int port, const std::string& method, const std::string& target) {
+// A TCP connection to 127.0.0.1:port that has sent bytes; reads on it time
+// out after 10 s. The caller closes it.
+inline int connectLoopback(int port, const std::string& bytes) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
   EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  std::string req = method + " " + target + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
-  EXPECT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  EXPECT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
   timeval tv{10, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+// One request on its own connection (Connection: close), read to the end.
+inline Reply request(int port, const std::string& method, const std::string& target) {
+  int fd = connectLoopback(port, method + " " + target +
+                                     " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
   std::string all;
   char buf[65536];
   for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) all.append(buf, static_cast<size_t>(n));
