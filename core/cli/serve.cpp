@@ -3,6 +3,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "core/base/hostport.h"
 #include "core/base/log.h"
 #include "core/cli/cli.h"
 #include "core/config/config.h"
@@ -38,9 +39,8 @@ int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
   options.workers_listen = args.workers == "none" ? "" : args.workers;
   options.http_listen = args.http == "none" ? "" : args.http;
   for (const auto& [flag, value] : {std::pair{"--workers", options.workers_listen}, {"--http", options.http_listen}}) {
-    if (!value.empty() && value.rfind(':') == std::string::npos) {
-      fail(std::string(flag) + " wants HOST:PORT or none, not '" + value + "'");
-    }
+    if (value.empty()) continue;
+    if (auto parsed = parseHostPort(value); !parsed) fail(std::string(flag) + ": " + parsed.error().message + ", or none");
   }
   auto master = std::make_unique<master::Master>(loop, options);
   if (on_serving) master->onServing([&] { on_serving(*master); });
@@ -160,18 +160,15 @@ nlohmann::json demoConfiguration(const std::string& file, const std::filesystem:
 
 // The secret of the local worker (made on first use, mode 600) and its row
 // in pefnos.worker with the matching verifier; returns the secret.
-std::string ensureLocalWorker(const std::string& conninfo, const std::string& secret_file) {
-  if (!std::filesystem::exists(secret_file)) {
-    std::ofstream(secret_file) << protocol::newNonce() << "\n";
-    std::filesystem::permissions(secret_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
-  }
+std::string ensureLocalWorker(const std::string& conninfo, const std::string& secret_file, int slots) {
+  if (auto made = worker::createSecretFile(secret_file); !made) throw std::runtime_error(made.error().message);
   auto secret = worker::readSecretFile(secret_file);
   if (!secret) throw std::runtime_error(secret.error().message);
   pqxx::connection conn(conninfo);
   pqxx::work tx(conn);
-  tx.exec_params("INSERT INTO pefnos.worker (name, secret_hash, slots) VALUES ('local', $1, 2) "
-                 "ON CONFLICT (name) DO UPDATE SET secret_hash = EXCLUDED.secret_hash",
-                 protocol::makeVerifier(*secret));
+  tx.exec_params("INSERT INTO pefnos.worker (name, secret_hash, slots) VALUES ('local', $1, $2) "
+                 "ON CONFLICT (name) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, slots = EXCLUDED.slots",
+                 protocol::makeVerifier(*secret), slots);
   tx.commit();
   return *secret;
 }
@@ -255,7 +252,7 @@ int runUp(const ServeArgs& args) {
   std::string local_secret;
   if (args.workers != "none") {
     try {
-      local_secret = ensureLocalWorker(conninfo, secret_file);
+      local_secret = ensureLocalWorker(conninfo, secret_file, args.local_slots);
     } catch (const std::exception& e) {
       stop_cluster();
       closeLoop(&loop, 1);
@@ -266,7 +263,7 @@ int runUp(const ServeArgs& args) {
   auto start_local = [&](master::Master& m) {
     if (local_secret.empty() || m.workersPort() == 0) return;
     worker::Options wo;
-    wo.master_host = args.workers.substr(0, args.workers.rfind(':'));
+    wo.master_host = parseHostPort(args.workers)->host;  // checked before the master started
     if (wo.master_host == "0.0.0.0") wo.master_host = "127.0.0.1";
     wo.master_port = m.workersPort();
     wo.name = "local";

@@ -3,6 +3,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "core/base/hostport.h"
 #include "core/base/log.h"
 #include "core/cli/cli.h"
 #include "core/loop/loop.h"
@@ -13,14 +14,10 @@ namespace pefnos::cli {
 
 int runWorker(const WorkerArgs& args) {
   worker::Options o;
-  const auto colon = args.master.rfind(':');
-  if (colon == std::string::npos) fail("--master wants HOST:PORT, not '" + args.master + "'");
-  o.master_host = args.master.substr(0, colon);
-  try {
-    o.master_port = std::stoi(args.master.substr(colon + 1));
-  } catch (const std::exception&) {
-    fail("--master wants HOST:PORT, not '" + args.master + "'");
-  }
+  auto master = parseHostPort(args.master);
+  if (!master) fail("--master: " + master.error().message);
+  o.master_host = master->host;
+  o.master_port = master->port;
   o.name = args.name;
   auto secret = worker::readSecretFile(args.secret_file);
   if (!secret) fail(secret.error().message);
@@ -67,16 +64,9 @@ int runWorker(const WorkerArgs& args) {
 }
 
 int workerSecret(const DbArgs& db, const std::string& name, const std::string& secret_file) {
-  if (!std::filesystem::exists(secret_file)) {
-    {
-      std::ofstream out(secret_file);
-      out << protocol::newNonce() << "\n";
-      if (!out) fail("cannot write " + secret_file);
-    }
-    std::filesystem::permissions(secret_file, std::filesystem::perms::owner_read |
-                                                  std::filesystem::perms::owner_write);
-    std::cout << "made a new secret in " << secret_file << "\n";
-  }
+  auto made = worker::createSecretFile(secret_file);
+  if (!made) fail(made.error().message);
+  if (*made) std::cout << "made a new secret in " << secret_file << "\n";
   auto secret = worker::readSecretFile(secret_file);
   if (!secret) fail(secret.error().message);
   auto conn = connectOrExit(db);

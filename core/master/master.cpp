@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <unistd.h>
 
+#include "core/base/hostport.h"
 #include "core/base/log.h"
 #include "core/db/migrate.h"
 
@@ -121,12 +122,16 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
   });
   if (!options_.workers_listen.empty()) {
     builds::Options bopts;
+    auto listen = parseHostPort(options_.workers_listen);  // checked by the CLI; a default otherwise
     bopts.master_name = options_.name;
     bopts.heartbeat_seconds = options_.heartbeat_seconds;
     bopts.lease_seconds = std::max(60, 6 * options_.heartbeat_seconds);
-    const auto colon = options_.workers_listen.rfind(':');
-    bopts.listen_host = options_.workers_listen.substr(0, colon);
-    bopts.listen_port = std::stoi(options_.workers_listen.substr(colon + 1));
+    if (listen) {
+      bopts.listen_host = listen->host;
+      bopts.listen_port = listen->port;
+    } else {
+      log::error("master", "--workers: ", listen.error().message, "; using 127.0.0.1:7420");
+    }
     builds_ = std::make_unique<builds::Builds>(loop_, *db_, *model_, *plugins_, *scheduler_, bopts);
     listener_->subscribe("pefnos_request", [this](const std::string&) { builds_->dispatchSoon(); });
     listener_->onListening([this] { builds_->dispatchSoon(); });  // requests queued while away
@@ -216,10 +221,14 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
 
 void Master::startWeb() {
   if (options_.http_listen.empty()) return;
-  const auto colon = options_.http_listen.rfind(':');
+  auto listen = parseHostPort(options_.http_listen);
+  if (!listen) {
+    log::error("master", "--http: ", listen.error().message);
+    return;
+  }
   web::Options wopts;
-  wopts.host = options_.http_listen.substr(0, colon);
-  wopts.port = std::stoi(options_.http_listen.substr(colon + 1));
+  wopts.host = listen->host;
+  wopts.port = listen->port;
   web_ = std::make_unique<web::Web>(loop_, *db_, builds_.get(), *scheduler_, wopts);
   if (auto s = web_->start(); !s) {
     log::error("master", "cannot serve HTTP: ", s.error().message);

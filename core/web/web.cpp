@@ -12,7 +12,10 @@ namespace {
 using nlohmann::json;
 
 constexpr long long kMaxPage = 200;
-constexpr long long kMaxLogRange = 4 << 20;
+constexpr long long kMaxLogRange = 1 << 20;  // bytes per log read
+// Queries of the API at once: the database connections are shared with the
+// dispatcher and the log writer, which must never wait behind a crowd of readers.
+constexpr int kMaxQueries = 4;
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -102,13 +105,20 @@ int Web::port() const { return server_ ? server_->port() : 0; }
 
 // Runs fn in a read transaction; its Response (or the error as 500) goes back.
 void Web::query(http::Responder responder, std::function<http::Response(pqxx::work&)> fn) {
+  if (in_flight_ >= kMaxQueries) {
+    http::Response busy = error(503, "busy: too many API requests at once; try again");
+    busy.headers.push_back({"Retry-After", "1"});
+    return responder.send(std::move(busy));
+  }
+  ++in_flight_;
   db_.transact<http::Response>(
       std::move(fn),
-      [responder, alive = std::weak_ptr<bool>(alive_)](Result<http::Response> r) mutable {
+      [this, responder, alive = std::weak_ptr<bool>(alive_)](Result<http::Response> r) mutable {
         if (alive.expired()) return;
-        if (!r) {
+        --in_flight_;
+        if (!r) {  // the details go to the log, not to whoever asked
           log::warning("web", "a query failed: ", r.error().message);
-          return responder.send(error(500, "the database could not answer: " + r.error().message));
+          return responder.send(error(500, "the database could not answer; see the master's log"));
         }
         responder.send(std::move(r.value()));
       });
@@ -160,7 +170,8 @@ void Web::handle(const http::Request& request, http::Responder out) {
         m << "pefnos_mirror_runs{state=\"" << r[0].c_str() << "\"} " << r[1].as<long long>() << "\n";
       }
       http::Response r = http::Response::text(200, m.str());
-      r.headers.push_back({"Content-Type", "text/plain; version=0.0.4; charset=utf-8"});
+      for (auto& [name, value] : r.headers)
+        if (name == "Content-Type") value = "text/plain; version=0.0.4; charset=utf-8";
       return r;
     });
   }
@@ -233,8 +244,8 @@ void Web::handle(const http::Request& request, http::Responder out) {
           " b.created_at::text, b.finished_at::text FROM pefnos.build b"
           " JOIN pefnos.builder bl ON bl.id = b.builder_id JOIN pefnos.build_request r ON r.id = b.request_id"
           " LEFT JOIN pefnos.branch br ON br.id = r.branch_id"
-          " WHERE b.id < $1 AND ($2 = 0 OR b.builder_id = $2) AND ($3 = '' OR b.state = $3)"
-          " ORDER BY b.id DESC LIMIT $4",
+          " WHERE b.id < $1::bigint AND ($2::bigint = 0 OR b.builder_id = $2::bigint)"
+          " AND ($3 = '' OR b.state = $3) ORDER BY b.id DESC LIMIT $4::bigint",
           before, builder, state, limit);
       json page{{"builds", rowsJson(rows)}};
       if (static_cast<long long>(rows.size()) == limit) page["next_before"] = rows[rows.size() - 1][0].as<long long>();

@@ -47,6 +47,7 @@ class Web {
   const scheduler::Scheduler& scheduler_;
   Options options_;
   std::unique_ptr<http::Server> server_;
+  int in_flight_ = 0;  // queries the API has running
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -1,7 +1,9 @@
 #include "core/worker/worker.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -72,6 +74,7 @@ struct Command {
 // What `finished` may carry of collected lines: with the tail, well under a
 // control frame's limit.
 constexpr size_t kMaxCollectedBytes = 512u << 10;
+constexpr size_t kMaxRegexLine = 4096;
 
 struct Worker::Impl {
   Impl(uv_loop_t* l, Options o)
@@ -464,8 +467,10 @@ struct Worker::Impl {
     size_t start = 0;
     for (size_t nl; (nl = c.partial_line.find('\n', start)) != std::string::npos; start = nl + 1) {
       std::string line = c.partial_line.substr(start, nl - start);
-      if (c.collected.size() < kMaxCollected && c.collected_bytes + line.size() <= kMaxCollectedBytes &&
-          std::regex_search(line, *c.collect)) {
+      // Long lines are not searched: std::regex recurses per character and a
+      // megabyte line could take the worker's stack.
+      if (line.size() <= kMaxRegexLine && c.collected.size() < kMaxCollected &&
+          c.collected_bytes + line.size() <= kMaxCollectedBytes && std::regex_search(line, *c.collect)) {
         c.collected_bytes += line.size();
         c.collected.push_back(std::move(line));
       }
@@ -520,7 +525,8 @@ struct Worker::Impl {
     commands.erase(it);
     c->timer.reset();
     resumeReadingIfDrained();
-    if (!c->partial_line.empty() && c->collect && c->collected.size() < kMaxCollected &&
+    if (!c->partial_line.empty() && c->collect && c->partial_line.size() <= kMaxRegexLine &&
+        c->collected.size() < kMaxCollected &&
         c->collected_bytes + c->partial_line.size() <= kMaxCollectedBytes &&
         std::regex_search(c->partial_line, *c->collect)) {
       c->collected.push_back(c->partial_line);
@@ -561,6 +567,17 @@ void Worker::stop() {
 
 bool Worker::connected() const { return impl_->state == Impl::State::ready && impl_->stream; }
 size_t Worker::running() const { return impl_->commands.size(); }
+
+Result<bool> createSecretFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0 && errno == EEXIST) return false;
+  if (fd < 0) return Error{"cannot create the secret file " + path + ": " + std::strerror(errno)};
+  const std::string line = protocol::newNonce() + "\n";
+  const bool written = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  ::close(fd);
+  if (!written) return Error{"cannot write the secret file " + path};
+  return true;
+}
 
 Result<std::string> readSecretFile(const std::string& path, bool refuse_shared) {
   struct stat st {};

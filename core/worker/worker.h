@@ -67,5 +67,9 @@ class Worker {
 // Reads a secret file: its first line, without the newline; refuses an empty
 // file and (when refuse_shared) a file that group or others may read.
 Result<std::string> readSecretFile(const std::string& path, bool refuse_shared = true);
+// Makes a secret file with a random secret, mode 600 from its creation (never
+// readable by others, not even for a moment); true if made, false if it was
+// already there.
+Result<bool> createSecretFile(const std::string& path);
 
 }  // namespace pefnos::worker

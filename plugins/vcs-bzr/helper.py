@@ -7,15 +7,17 @@ Three ways to run it, each started by the plugin with argv only:
                                         {"id":N,"op":...} in on stdin,
                                         {"id":N,"ok":true,"result":...} or
                                         {"id":N,"ok":false,"error":"..."} out on stdout
-  helper.py pull PROXY PREFIX URL BRANCH...   brings branches into the proxy (one-shot)
+  helper.py pull PROXY PREFIX URL BRANCH...   brings branches into the proxy (one-shot;
+                                        the plugin pulls through the server)
   helper.py export PROXY REVID          the revision's tree as a tar on stdout (one-shot)
 
-Pulls and exports are one-shot processes so that a long pull or a big export
-never holds up the server, and a pull that times out is killed alone. The
-server answers requests from a small thread pool (network listings release
-the GIL), writes each answer whole under a lock, and kills itself when a
-request overruns its deadline: the plugin then fails what was pending and
-starts a fresh server on the next request.
+Exports are one-shot processes (a stream of their own). The server answers
+pulls from one thread pool and everything else (heads, commits, digests,
+forget) from another, so that long first pulls never hold up a poll. Each
+answer is written whole under a lock. A request's deadline runs from when a
+thread takes it up; when one overruns, the server kills itself: the plugin
+then fails what was pending and starts a fresh server on the next request.
+Saving Python's start-up on every change is what keeps a bzr poll cheap.
 
 It never prompts: the UI is silent, it has no terminal (its own session) and
 its stdin is the protocol. Breezy's log goes to BRZ_LOG (the plugin sets
@@ -489,6 +491,7 @@ class Server:
         self.deadlines = {}  # id -> (deadline, op, timeout)
         self.deadlines_lock = threading.Lock()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS)
+        self.pulls = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS)
 
     def send(self, message):
         line = json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
@@ -498,6 +501,9 @@ class Server:
 
     def handle(self, req):
         rid = req.get("id")
+        timeout = int(req.get("timeout") or 600)
+        with self.deadlines_lock:  # from now: time spent queued does not count
+            self.deadlines[rid] = (time.monotonic() + timeout, str(req.get("op")), timeout)
         try:
             op = OPS.get(req.get("op"))
             if op is None:
@@ -549,13 +555,11 @@ class Server:
             except (ValueError, KeyError, TypeError):
                 sys.stderr.write("ignoring a malformed request line\n")
                 continue
-            timeout = int(req.get("timeout") or 600)
-            with self.deadlines_lock:
-                self.deadlines[rid] = (time.monotonic() + timeout, str(req.get("op")), timeout)
-            self.pool.submit(self.handle, req)
+            (self.pulls if req.get("op") == "pull" else self.pool).submit(self.handle, req)
         # EOF: no more requests. Finish those under way (the watchdog still
         # bounds them), then leave without waiting for Python's teardown.
         self.pool.shutdown(wait=True)
+        self.pulls.shutdown(wait=True)
         self.output.flush()
         os._exit(0)
 

@@ -125,6 +125,19 @@ TEST(Cli, DbStatusReportsTheVersion) {
   EXPECT_NE(out.find("up to date"), std::string::npos) << out;
 }
 
+TEST(Cli, AddressesThatAreNotHostAndPortAreRefusedBeforeAnythingStarts) {
+  for (std::vector<std::string> cmd : {std::vector<std::string>{"master", "--workers", "127.0.0.1:99999"},
+                                       {"master", "--http", "127.0.0.1:x"}, {"master", "--http", "7421"},
+                                       {"worker", "--master", "localhost", "--name", "w", "--secret-file", "/x"}}) {
+    cmd.insert(cmd.begin(), test::pefnosBinary());
+    cmd.insert(cmd.end(), {"--db", "host=/nonexistent port=1 dbname=x"});
+    if (cmd[1] == "worker") cmd.resize(cmd.size() - 2);
+    auto [rc, out] = test::run(cmd);
+    EXPECT_EQ(rc, 1) << out;
+    EXPECT_NE(out.find("is not HOST:PORT"), std::string::npos) << out;
+  }
+}
+
 TEST(Cli, HelpIsOfferedOnEveryCommand) {
   for (std::vector<std::string> cmd : {std::vector<std::string>{"--help"}, {"up", "--help"},
                                        {"master", "--help"}, {"db", "migrate", "--help"},
