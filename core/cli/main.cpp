@@ -297,6 +297,16 @@ int main(int argc, char** argv) {
   worker_secret->add_option("name", secret_worker, "worker name")->required();
   worker_secret->add_option("--secret-file", secret_file, "the secret file")->required();
   addDbOptions(worker_secret, ctl_args);
+  std::string token_name;
+  auto* token = ctl->add_subcommand("token", "bearer tokens for the API's writes");
+  token->require_subcommand(1);
+  auto* token_create = token->add_subcommand(
+      "create", "make a token: printed once, only its hash is kept (pefnos.api_token)");
+  auto* token_revoke = token->add_subcommand("revoke", "make a token unusable");
+  for (auto* c : {token_create, token_revoke}) {
+    c->add_option("name", token_name, "the token's name")->required();
+    addDbOptions(c, ctl_args);
+  }
   for (auto* c : {ping, reload, poll_now, command, force, stop}) {
     addDbOptions(c, ctl_args);
     c->add_flag("--wait", wait, "wait for the outcome and print it");
@@ -342,6 +352,7 @@ int main(int argc, char** argv) {
     if (*up) return runUp(up_args);
     if (*worker) return runWorker(worker_args);
     if (*worker_secret) return workerSecret(ctl_args, secret_worker, secret_file);
+    if (*token_create || *token_revoke) return apiToken(ctl_args, token_name, bool(*token_create));
     if (*force) {
       nlohmann::json a{{"builder", force_builder}, {"branch", force_branch}};
       if (!force_revision.empty()) a["revision"] = force_revision;

@@ -79,4 +79,25 @@ int workerSecret(const DbArgs& db, const std::string& name, const std::string& s
   return 0;
 }
 
+int apiToken(const DbArgs& db, const std::string& name, bool create) {
+  auto conn = connectOrExit(db);
+  pqxx::work tx(*conn);
+  if (!create) {
+    auto r = tx.exec_params("UPDATE pefnos.api_token SET active = false WHERE name = $1 RETURNING id", name);
+    if (r.empty()) fail("no token named '" + name + "'");
+    tx.commit();
+    std::cout << "token '" << name << "' revoked\n";
+    return 0;
+  }
+  const std::string token = protocol::newApiToken();
+  auto r = tx.exec_params("INSERT INTO pefnos.api_token (name, hash) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING "
+                          "RETURNING id",
+                          name, protocol::apiTokenHash(token));
+  if (r.empty()) fail("a token named '" + name + "' exists; revoke it or choose another name");
+  tx.commit();
+  // The token itself exists only here: stdout, once.
+  std::cout << token << "\n";
+  return 0;
+}
+
 }  // namespace pefnos::cli

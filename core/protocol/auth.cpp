@@ -262,4 +262,16 @@ Verifier decoyVerifier(std::string_view worker_name) {
   return v;
 }
 
+std::string newApiToken() { return "pft_" + newNonce(); }
+
+std::string apiTokenHash(std::string_view token) {
+  static const char* const digits = "0123456789abcdef";
+  std::string hex;
+  for (unsigned char c : sha256(token)) {
+    hex += digits[c >> 4];
+    hex += digits[c & 15];
+  }
+  return hex;
+}
+
 }  // namespace pefnos::protocol

@@ -68,6 +68,11 @@ Verifier decoyVerifier(std::string_view worker_name);
 
 // Standard alphabet, padded. unbase64 is strict: no whitespace, padding only
 // at the end, no stray bits, so a value has exactly one spelling.
+// API bearer tokens: random, shown once; the database keeps only the hash
+// (hex SHA-256: a token has 256 bits of entropy, so no salt or stretching).
+std::string newApiToken();  // "pft_" + 64 hex digits
+std::string apiTokenHash(std::string_view token);
+
 std::string base64(std::string_view bytes);
 Result<std::string> unbase64(std::string_view text);
 

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/base/log.h"
+#include "core/protocol/auth.h"
 
 namespace pefnos::web {
 namespace {
@@ -124,9 +125,84 @@ void Web::query(http::Responder responder, std::function<http::Response(pqxx::wo
       });
 }
 
+// POST /api/v1/commands {"kind": K, "args": {...}} with a bearer token: a
+// command row through the same SQL function any GUI uses; 202 and its id.
+void Web::command(const http::Request& request, http::Responder out) {
+  const std::string auth = request.header("authorization");
+  if (auth.rfind("Bearer ", 0) != 0 || auth.size() <= 7) {
+    http::Response r = error(401, "a write needs a token: Authorization: Bearer <token> (pefnos ctl token create NAME)");
+    r.headers.push_back({"WWW-Authenticate", "Bearer"});
+    return out.send(std::move(r));
+  }
+  const std::string hash = protocol::apiTokenHash(auth.substr(7));
+  json body = json::parse(request.body, nullptr, false);
+  if (!body.is_object() || !body.contains("kind") || !body["kind"].is_string()) {
+    return out.send(error(400, "the body is {\"kind\": \"force-build\", \"args\": {...}}"));
+  }
+  json args = body.value("args", json::object());
+  if (!args.is_object()) return out.send(error(400, "'args' must be an object"));
+  // Each kind a GUI may ask for, through its SQL function, with typed arguments.
+  static const std::map<std::string, std::pair<std::string, std::vector<std::string>>> kinds = {
+      {"ping", {"SELECT pefnos.ping()", {}}},
+      {"reload", {"SELECT pefnos.reload()", {}}},
+      {"force-build", {"SELECT pefnos.force_build($1::int, $2::int, nullif($3, ''))", {"builder", "branch", "revision?"}}},
+      {"stop-build", {"SELECT pefnos.stop_build($1::bigint)", {"build"}}},
+      {"poll-now", {"SELECT pefnos.poll_now($1::int)", {"repository"}}},
+      {"mirror-now", {"SELECT pefnos.mirror_now($1::int)", {"mirror"}}},
+  };
+  auto kind = kinds.find(body["kind"].get<std::string>());
+  if (kind == kinds.end()) {
+    std::string known;
+    for (const auto& [k, v] : kinds) known += (known.empty() ? "" : ", ") + k;
+    return out.send(error(400, "no command kind '" + body["kind"].get<std::string>() + "' (known: " + known + ")"));
+  }
+  std::vector<std::string> values;
+  for (std::string name : kind->second.second) {
+    const bool optional = name.back() == '?';
+    if (optional) name.pop_back();
+    if (!args.contains(name) || args[name].is_null()) {
+      if (!optional) return out.send(error(400, "'" + name + "' is required for " + kind->first));
+      values.emplace_back();
+      continue;
+    }
+    const auto& v = args[name];
+    if (optional ? !v.is_string() : !v.is_number_integer()) {
+      return out.send(error(400, "'" + name + "' must be " + (optional ? "a string" : "an integer")));
+    }
+    values.push_back(v.is_string() ? v.get<std::string>() : std::to_string(v.get<long long>()));
+  }
+  query(std::move(out), [hash, sql = kind->second.first, values](pqxx::work& tx) {
+    auto who = tx.exec_params(
+        "UPDATE pefnos.api_token SET last_used_at = now() WHERE hash = $1 AND active RETURNING name", hash);
+    if (who.empty()) return error(401, "unknown or inactive token");
+    // The function refuses what does not exist (RAISE): the caller's mistake, said as it is.
+    tx.exec("SAVEPOINT command");
+    pqxx::result id;
+    try {
+      switch (values.size()) {
+        case 0: id = tx.exec(sql); break;
+        case 1: id = tx.exec_params(sql, values[0]); break;
+        default: id = tx.exec_params(sql, values[0], values[1], values[2]); break;
+      }
+    } catch (const pqxx::sql_error& e) {
+      if (e.sqlstate() != "P0001" && e.sqlstate() != "22P02" && e.sqlstate() != "22003") throw;
+      tx.exec("ROLLBACK TO SAVEPOINT command");
+      std::string message = e.what();
+      message = message.substr(0, message.find('\n'));
+      if (message.rfind("ERROR:  ", 0) == 0) message.erase(0, 8);
+      return error(400, message);
+    }
+    const long long command = id[0][0].as<long long>();
+    tx.exec_params("UPDATE pefnos.command SET requested_by = 'api:' || $2 WHERE id = $1", command,
+                   who[0][0].as<std::string>());
+    return http::Response::json(202, dump(json{{"command", command}}));
+  });
+}
+
 void Web::handle(const http::Request& request, http::Responder out) {
+  if (request.method == "POST" && request.path == "/api/v1/commands") return command(request, std::move(out));
   if (request.method != "GET" && request.method != "HEAD") {
-    http::Response r = error(405, "only GET and HEAD here (writes come with tokens)");
+    http::Response r = error(405, "only GET and HEAD here; writes are POST /api/v1/commands");
     r.headers.push_back({"Allow", "GET, HEAD"});
     return out.send(std::move(r));
   }

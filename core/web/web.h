@@ -3,8 +3,9 @@
 // rows (the database is the truth) in one query, plus the few live counters
 // only this master knows (connected workers, bytes of log).
 //
-// This is the first part of the web issue: read-only endpoints. Writes,
-// the page, and live streams follow.
+// Writes are commands: POST /api/v1/commands with a bearer token (stored
+// hashed in pefnos.api_token) inserts the row through the same SQL function
+// as any GUI and answers its id. The page and live streams follow.
 #pragma once
 
 #include <uv.h>
@@ -39,6 +40,7 @@ class Web {
 
  private:
   void handle(const http::Request& request, http::Responder responder);
+  void command(const http::Request& request, http::Responder responder);
   void query(http::Responder responder, std::function<http::Response(pqxx::work&)> fn);
 
   uv_loop_t* loop_;

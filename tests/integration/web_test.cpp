@@ -109,5 +109,45 @@ TEST_F(Web, BadRequestsGetClearErrorsAndWriteNothing) {
   EXPECT_EQ(request(port_, "GET", "/api/v1/builds/7").status, 200);
 }
 
+TEST_F(Web, WritesAreCommandsThatNeedAToken) {
+  tdb_.scalar("INSERT INTO pefnos.repository (id, project_id, name, vcs, url) VALUES (1, 1, 'r', 'git', '/x')");
+  tdb_.scalar("INSERT INTO pefnos.branch (id, repository_id, name) VALUES (1, 1, 'main')");
+  auto [rc, token] = test::run({test::pefnosBinary(), "ctl", "token", "create", "gui", "--db", tdb_.conninfo()});
+  ASSERT_EQ(rc, 0) << token;
+  while (!token.empty() && token.back() == '\n') token.pop_back();
+  ASSERT_EQ(token.rfind("pft_", 0), 0u) << token;
+  EXPECT_EQ(tdb_.scalar("SELECT count(*) FROM pefnos.api_token WHERE hash <> " + tdb_.conn().quote(token)), "1")
+      << "the token itself is not stored";
+  const std::string force = R"({"kind": "force-build", "args": {"builder": 1, "branch": 1, "revision": "abc"}})";
+
+  auto none = request(port_, "POST", "/api/v1/commands", force);
+  EXPECT_EQ(none.status, 401);
+  EXPECT_NE(none.head.find("WWW-Authenticate: Bearer"), std::string::npos);
+  EXPECT_EQ(request(port_, "POST", "/api/v1/commands", force, "Authorization: Bearer pft_wrong\r\n").status, 401);
+  EXPECT_EQ(tdb_.scalar("SELECT count(*) FROM pefnos.command"), "0") << "a refused write wrote something";
+
+  const std::string bearer = "Authorization: Bearer " + token + "\r\n";
+  auto made = request(port_, "POST", "/api/v1/commands", force, bearer);
+  ASSERT_EQ(made.status, 202) << made.body;
+  auto id = json::parse(made.body)["command"].get<long long>();
+  EXPECT_EQ(tdb_.scalar("SELECT kind || ' ' || (args->>'builder') || ' ' || (args->>'revision') || ' ' || "
+                        "requested_by FROM pefnos.command WHERE id = " + std::to_string(id)),
+            "force-build 1 abc api:gui");
+
+  // The caller's mistakes, said as they are; nothing written.
+  auto missing = request(port_, "POST", "/api/v1/commands", R"({"kind": "force-build", "args": {"builder": 9, "branch": 1}})", bearer);
+  EXPECT_EQ(missing.status, 400);
+  EXPECT_NE(missing.body.find("no active builder with id 9"), std::string::npos) << missing.body;
+  EXPECT_EQ(request(port_, "POST", "/api/v1/commands", R"({"kind": "rm -rf"})", bearer).status, 400);
+  EXPECT_EQ(request(port_, "POST", "/api/v1/commands", "not json", bearer).status, 400);
+  EXPECT_EQ(request(port_, "POST", "/api/v1/commands", R"({"kind": "stop-build", "args": {"build": "7"}})", bearer).status,
+            400);
+  EXPECT_EQ(tdb_.scalar("SELECT count(*) FROM pefnos.command"), "1");
+
+  auto [revoke_rc, revoked] = test::run({test::pefnosBinary(), "ctl", "token", "revoke", "gui", "--db", tdb_.conninfo()});
+  ASSERT_EQ(revoke_rc, 0) << revoked;
+  EXPECT_EQ(request(port_, "POST", "/api/v1/commands", force, bearer).status, 401);
+}
+
 }  // namespace
 }  // namespace pefnos

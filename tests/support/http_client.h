@@ -33,9 +33,12 @@ inline int connectLoopback(int port, const std::string& bytes) {
 }
 
 // One request on its own connection (Connection: close), read to the end.
-inline Reply request(int port, const std::string& method, const std::string& target) {
-  int fd = connectLoopback(port, method + " " + target +
-                                     " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+// headers: extra lines, each ending in \r\n.
+inline Reply request(int port, const std::string& method, const std::string& target,
+                     const std::string& body = "", const std::string& headers = "") {
+  int fd = connectLoopback(port, method + " " + target + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n" +
+                                     headers + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+                                     body);
   std::string all;
   char buf[65536];
   for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) all.append(buf, static_cast<size_t>(n));
