@@ -58,6 +58,8 @@ int runWorker(const WorkerArgs& args);
 // `pefnos ctl worker-secret NAME`: sets the worker's verifier from a secret
 // file (made, with a random secret, when it does not exist).
 int workerSecret(const DbArgs& db, const std::string& name, const std::string& secret_file);
+// `pefnos ctl status [--json]`.
+int ctlStatus(const DbArgs& db, bool as_json);
 // `pefnos ctl token create|revoke NAME`.
 int apiToken(const DbArgs& db, const std::string& name, bool create);
 int runUp(const ServeArgs& args);

@@ -297,6 +297,11 @@ int main(int argc, char** argv) {
   worker_secret->add_option("name", secret_worker, "worker name")->required();
   worker_secret->add_option("--secret-file", secret_file, "the secret file")->required();
   addDbOptions(worker_secret, ctl_args);
+  auto* status_cmd = ctl->add_subcommand(
+      "status", "the summary the API's /api/v1/status gives: builds, queue, failing repositories, masters");
+  bool status_json = false;
+  status_cmd->add_flag("--json", status_json, "print the JSON itself");
+  addDbOptions(status_cmd, ctl_args);
   std::string token_name;
   auto* token = ctl->add_subcommand("token", "bearer tokens for the API's writes");
   token->require_subcommand(1);
@@ -352,6 +357,7 @@ int main(int argc, char** argv) {
     if (*up) return runUp(up_args);
     if (*worker) return runWorker(worker_args);
     if (*worker_secret) return workerSecret(ctl_args, secret_worker, secret_file);
+    if (*status_cmd) return ctlStatus(ctl_args, status_json);
     if (*token_create || *token_revoke) return apiToken(ctl_args, token_name, bool(*token_create));
     if (*force) {
       nlohmann::json a{{"builder", force_builder}, {"branch", force_branch}};

@@ -8,6 +8,7 @@
 #include "core/cli/cli.h"
 #include "core/loop/loop.h"
 #include "core/protocol/auth.h"
+#include "core/web/web.h"
 #include "core/worker/worker.h"
 
 namespace pefnos::cli {
@@ -76,6 +77,32 @@ int workerSecret(const DbArgs& db, const std::string& name, const std::string& s
   if (r.empty()) fail("no worker named '" + name + "' (add it to the configuration first)");
   tx.commit();
   std::cout << "worker '" << name << "' now accepts the secret in " << secret_file << "\n";
+  return 0;
+}
+
+int ctlStatus(const DbArgs& db, bool as_json) {
+  auto conn = connectOrExit(db);
+  pqxx::work tx(*conn);
+  const nlohmann::json s = web::status(tx);
+  if (as_json) {
+    std::cout << s.dump(2) << "\n";
+    return 0;
+  }
+  std::string builds;
+  for (const auto& [state, n] : s["builds"].items()) {
+    builds += (builds.empty() ? "" : ", ") + state + " " + std::to_string(n.get<long long>());
+  }
+  std::cout << "builds        " << (builds.empty() ? "none yet" : builds) << "\n"
+            << "queue         " << s["queue"].get<long long>() << " waiting for a worker\n"
+            << "repositories  " << s["repositories"]["active"].get<long long>() << " active, "
+            << s["failing"].size() << " failing\n";
+  for (const auto& f : s["failing"]) {
+    std::cout << "  " << f["name"].get<std::string>() << ": " << f["error"].get<std::string>() << "\n";
+  }
+  for (const auto& m : s["masters"]) {
+    std::cout << "master        " << m["name"].get<std::string>() << " (heartbeat "
+              << m["heartbeat_age_s"].get<long long>() << " s ago)\n";
+  }
   return 0;
 }
 

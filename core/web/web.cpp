@@ -83,6 +83,32 @@ json rowsJson(const pqxx::result& rows) {
 
 }  // namespace
 
+json status(pqxx::work& tx) {
+  json builds = json::object();
+  for (const auto& r : tx.exec("SELECT state, count(*) FROM pefnos.build GROUP BY state ORDER BY state")) {
+    builds[r[0].c_str()] = r[1].as<long long>();
+  }
+  auto row = tx.exec(
+      "SELECT (SELECT count(*) FROM pefnos.build_request WHERE state = 'queued'),"
+      " (SELECT count(*) FROM pefnos.repository WHERE active)")[0];
+  json failing = json::array();
+  for (const auto& r : tx.exec(
+           "SELECT r.name, p.last_error FROM pefnos.repository_poll p JOIN pefnos.repository r"
+           " ON r.id = p.repository_id WHERE p.last_error IS NOT NULL AND r.active ORDER BY r.name")) {
+    failing.push_back({{"name", r[0].c_str()}, {"error", r[1].c_str()}});
+  }
+  json masters = json::array();
+  for (const auto& r : tx.exec("SELECT name, extract(epoch FROM now() - heartbeat_at)::int FROM pefnos.master"
+                               " ORDER BY name")) {
+    masters.push_back({{"name", r[0].c_str()}, {"heartbeat_age_s", r[1].as<long long>()}});
+  }
+  return json{{"builds", builds},
+              {"queue", row[0].as<long long>()},
+              {"repositories", {{"active", row[1].as<long long>()}, {"failing", failing.size()}}},
+              {"failing", failing},
+              {"masters", masters}};
+}
+
 Web::Web(uv_loop_t* loop, db::Database& db, const builds::Builds* builds,
          const scheduler::Scheduler& scheduler, Options options)
     : loop_(loop), db_(db), builds_(builds), scheduler_(scheduler), options_(std::move(options)) {}
@@ -258,20 +284,11 @@ void Web::handle(const http::Request& request, http::Responder out) {
   if (api == std::vector<std::string>{"status"}) {
     const auto counters = builds_ ? builds_->counters() : builds::Counters{};
     return query(std::move(out), [counters](pqxx::work& tx) {
-      json builds = json::object();
-      for (const auto& r : tx.exec("SELECT state, count(*) FROM pefnos.build GROUP BY state")) {
-        builds[r[0].c_str()] = r[1].as<long long>();
-      }
-      auto row = tx.exec(
-          "SELECT (SELECT count(*) FROM pefnos.build_request WHERE state = 'queued'),"
-          " (SELECT count(*) FROM pefnos.repository WHERE active),"
-          " (SELECT count(*) FROM pefnos.repository_poll WHERE last_error IS NOT NULL)")[0];
-      return http::Response::json(
-          200, dump(json{{"builds", builds},
-                         {"queue", row[0].as<long long>()},
-                         {"repositories", {{"active", row[1].as<long long>()}, {"failing", row[2].as<long long>()}}},
-                         {"workers", counters.workers},
-                         {"running", counters.running}}));
+      json summary = status(tx);
+      // What only this master knows: its connections.
+      summary["workers"] = counters.workers;
+      summary["running"] = counters.running;
+      return http::Response::json(200, dump(summary));
     });
   }
 

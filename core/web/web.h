@@ -21,6 +21,11 @@
 
 namespace pefnos::web {
 
+// The summary of the whole installation, from the rows: builds by state, the
+// queue, repositories (and which fail, why), masters and their heartbeats.
+// What /api/v1/status answers and `pefnos ctl status` prints.
+nlohmann::json status(pqxx::work& tx);
+
 struct Options {
   std::string host = "127.0.0.1";
   int port = 7421;  // 0: any free port (logged)

@@ -144,7 +144,8 @@ TEST(Cli, HelpIsOfferedOnEveryCommand) {
                                        {"config", "import", "--help"}, {"ctl", "ping", "--help"},
                                        {"cluster", "start", "--help"}, {"worker", "--help"},
                                        {"ctl", "force-build", "--help"}, {"ctl", "stop", "--help"},
-                                       {"ctl", "worker-secret", "--help"}, {"plugins", "list", "--help"}}) {
+                                       {"ctl", "worker-secret", "--help"}, {"plugins", "list", "--help"},
+                                       {"ctl", "status", "--help"}, {"ctl", "token", "create", "--help"}}) {
     cmd.insert(cmd.begin(), test::pefnosBinary());
     auto [rc, out] = test::run(cmd);
     EXPECT_EQ(rc, 0) << cmd[1];

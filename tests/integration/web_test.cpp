@@ -93,6 +93,26 @@ TEST_F(Web, MetricsAndStatusSayWhatTheRowsSay) {
   EXPECT_EQ(json::parse(request(port_, "GET", "/api/v1/workers").body)["workers"].size(), 0u);
 }
 
+TEST_F(Web, CtlStatusPrintsTheSummaryTheApiGives) {
+  tdb_.scalar("INSERT INTO pefnos.repository (id, project_id, name, vcs, url) VALUES (1, 1, 'gone', 'git', '/x')");
+  tdb_.scalar("INSERT INTO pefnos.repository_poll (repository_id, last_error) VALUES (1, 'no such repository')");
+  auto [rc, out] = test::run({test::pefnosBinary(), "ctl", "status", "--db", tdb_.conninfo()});
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("builds        succeeded 1\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("repositories  1 active, 1 failing\n  gone: no such repository\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("master        m (heartbeat"), std::string::npos) << out;
+
+  auto [jrc, text] = test::run({test::pefnosBinary(), "ctl", "status", "--json", "--db", tdb_.conninfo()});
+  ASSERT_EQ(jrc, 0) << text;
+  json cli = json::parse(text.substr(text.find('{')));
+  json api = json::parse(request(port_, "GET", "/api/v1/status").body);
+  api.erase("workers");  // only the master knows its connections
+  api.erase("running");
+  for (auto* j : {&cli, &api})
+    for (auto& m : (*j)["masters"]) m.erase("heartbeat_age_s");  // read a moment apart
+  EXPECT_EQ(cli, api);
+}
+
 TEST_F(Web, BadRequestsGetClearErrorsAndWriteNothing) {
   EXPECT_EQ(request(port_, "GET", "/api/v1/nothing-here").status, 404);
   EXPECT_EQ(request(port_, "GET", "/etc/passwd").status, 404);
