@@ -31,10 +31,6 @@ namespace fs = std::filesystem;
 
 class Builds : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    setenv("GIT_CONFIG_GLOBAL", "/dev/null", 1);
-    setenv("GIT_CONFIG_NOSYSTEM", "1", 1);
-  }
   void SetUp() override {
     tdb_.scalar("INSERT INTO pefnos.project (id, name) VALUES (1, 'p')");
     forge_ = test::Forge::make("git", dir_.path() + "/up");

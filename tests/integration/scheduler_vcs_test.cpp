@@ -20,10 +20,6 @@ using test::waitUntil;
 
 class SchedulerVcs : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    setenv("GIT_CONFIG_GLOBAL", "/dev/null", 1);
-    setenv("GIT_CONFIG_NOSYSTEM", "1", 1);
-  }
   void SetUp() override {
     tdb_.scalar("INSERT INTO pefnos.project (id, name) VALUES (1, 'p')");
     forge_ = test::Forge::make(PEFNOS_TEST_VCS, dir_.path() + "/up");

@@ -44,12 +44,6 @@ class VcsContract : public test::VcsFixture {
  protected:
   VcsContract() : VcsFixture(PEFNOS_TEST_VCS) {}
 
-  static void SetUpTestSuite() {
-    // The machine's git configuration stays out of the tests' repositories.
-    setenv("GIT_CONFIG_GLOBAL", "/dev/null", 1);
-    setenv("GIT_CONFIG_NOSYSTEM", "1", 1);
-  }
-
   void SetUp() override {
     VcsFixture::SetUp();
     forge = test::Forge::make(PEFNOS_TEST_VCS, tmp.path() + "/up");

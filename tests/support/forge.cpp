@@ -289,6 +289,10 @@ class SvnForge final : public Forge {
 }  // namespace
 
 std::unique_ptr<Forge> Forge::make(const std::string& vcs, const std::string& dir) {
+  // The machine's git configuration stays out of the tests' repositories:
+  // the forge's own git and every git the code under test starts.
+  setenv("GIT_CONFIG_GLOBAL", "/dev/null", 1);
+  setenv("GIT_CONFIG_NOSYSTEM", "1", 1);
   if (vcs == "git") return std::make_unique<GitForge>(dir);
   if (vcs == "bzr") return std::make_unique<BzrForge>(dir);
   if (vcs == "svn") return std::make_unique<SvnForge>(dir);

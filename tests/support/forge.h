@@ -24,7 +24,8 @@ struct File {
 class Forge {
  public:
   // A new, empty upstream of that VCS in dir (created). Its main branch
-  // exists with one first commit (a README), as on a real forge.
+  // exists with one first commit (a README), as on a real forge. Keeps the
+  // machine's git configuration out of this process (and its children).
   static std::unique_ptr<Forge> make(const std::string& vcs, const std::string& dir);
   virtual ~Forge() = default;
 
