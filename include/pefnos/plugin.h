@@ -27,7 +27,7 @@ namespace pefnos {
 
 // Bumped whenever a change to include/pefnos/ breaks plugins built before it.
 // 2: ProcessSpec.stdin_pipe, Running::write/closeInput, Repo.branches.
-inline constexpr int kPluginAbiVersion = 2;
+inline constexpr int kPluginAbiVersion = 3;
 
 enum class PluginKind : int { vcs = 1, step = 2 };
 

@@ -5,6 +5,7 @@
 // Branch names, revisions and URLs reach programs as argv elements only.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -49,6 +50,61 @@ struct CommitInfo {
   std::vector<std::string> files;  // changed paths (against the first parent)
 };
 
+// ---- Mirroring: streams in git's fast-import format -------------------------
+//
+// A mirror run pipes the source plugin's fastExport into the target plugin's
+// fastImport through the host, which reads every command line of the stream
+// (never the data) to learn which mark is which revision. The host owns the
+// marks: revisions both sides already share are numbered 1..K (ExportSpec.known
+// and ImportSpec.known carry the same marks), new marks follow.
+//
+// What an exporter writes, for each new revision, parents before children:
+//   [reset REF]                       only before a commit without parents
+//   commit REF
+//   mark :N
+//   original-oid SOURCE-REVISION-ID  (the host removes it before the importer)
+//   author NAME <EMAIL> SECONDS +HHMM
+//   committer NAME <EMAIL> SECONDS +HHMM
+//   data LEN\n MESSAGE
+//   from :M                           the first parent, a known or earlier mark
+//   merge :M                          each further parent (ghosts are left out)
+//   M/D/deleteall file commands: the change against the first parent, or
+//                                     the whole tree for a root commit
+// The last commit of the stream is ExportSpec.revision. An exporter never
+// buffers the stream: file contents are written as they are read, and the
+// host stops reading (Running::pause) while the importer is behind.
+struct ExportSpec {
+  std::string branch;    // the source branch (Head::branch)
+  std::string revision;  // export up to and including this revision
+  std::string ref;       // every commit of the stream goes on this ref (the importer's choice)
+  // Revisions the target already has, with their marks. The stream refers to
+  // them as `from :M` / `merge :M` and never exports them or their ancestors.
+  std::vector<std::pair<std::string, uint64_t>> known;
+  uint64_t first_mark = 1;  // marks of the stream (commits, blobs) start here
+};
+
+struct ImportSpec {
+  std::string branch;  // the target branch
+  std::vector<std::pair<uint64_t, std::string>> known;  // mark -> target revision id
+};
+
+struct Imported {
+  // Every commit mark of the stream -> the revision id it became in the target.
+  std::vector<std::pair<uint64_t, std::string>> marks;
+};
+
+// A fast-import that is running and reads what the host writes.
+class Import {
+ public:
+  virtual ~Import() = default;
+  virtual const std::string& ref() const = 0;  // the ref the stream must use
+  // Queues stream data; written runs once it is in the pipe (false: the
+  // importer is gone). The host waits for it before writing more.
+  virtual void write(std::string data, std::function<void(bool written)> written) = 0;
+  virtual void finish() = 0;  // end of stream; done follows
+  virtual void kill() = 0;    // abandon: done follows with an error, the target's branch untouched
+};
+
 class Vcs {
  public:
   virtual ~Vcs() = default;
@@ -80,6 +136,48 @@ class Vcs {
   // Drops the repository's refs from the shared proxy (a fork that is gone);
   // never removes objects that its siblings may still need.
   virtual void forget(const Repo& repo, std::function<void(Status)> done) = 0;
+
+  // ---- Mirroring (optional: the defaults say the VCS cannot do it) ----
+
+  // Streams the revisions of spec.branch up to spec.revision that the target
+  // lacks (see the stream contract above), read from the proxy. Known
+  // revisions arrive on the process's stdin if the plugin wants them there.
+  virtual std::shared_ptr<Running> fastExport(const Repo& repo, const ExportSpec& spec,
+                                              std::function<void(std::string_view)> on_chunk,
+                                              std::function<void(Status)> done) {
+    (void)repo, (void)spec, (void)on_chunk;
+    unsupported("fast-export", std::move(done));
+    return nullptr;
+  }
+
+  // Starts a fast-import into the proxy of repo (the target): the imported
+  // commits land on a ref of the proxy, never on the upstream (see publish).
+  // done gets the marks of the stream's commits once the import has ended.
+  virtual std::shared_ptr<Import> fastImport(const Repo& repo, const ImportSpec& spec,
+                                             std::function<void(Result<Imported>)> done) {
+    (void)repo, (void)spec;
+    unsupported("fast-import", std::move(done));
+    return nullptr;
+  }
+
+  // Makes `revision` (in the proxy, from fastImport) the upstream's `branch`,
+  // only if the branch is still at `expected` ("": only if it does not exist
+  // yet): never overwrites what someone else committed there. Credentials for
+  // the upstream are the master's (its environment and configuration).
+  virtual void publish(const Repo& repo, const std::string& branch, const std::string& revision,
+                       const std::string& expected, std::function<void(Status)> done) {
+    (void)repo, (void)branch, (void)revision, (void)expected;
+    unsupported("publishing a mirrored branch", std::move(done));
+  }
+
+ protected:
+  // For the defaults above: the error comes back through done, as always.
+  // A plugin that overrides any of them has its Host; these defaults do not
+  // need one, so they answer synchronously (the host tolerates that only here).
+  template <typename Done>
+  static void unsupported(const char* what, Done done) {
+    done(Error{std::string(what) + " is not supported by this version-control plugin"});
+  }
 };
 
 }  // namespace pefnos

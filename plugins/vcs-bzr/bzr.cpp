@@ -9,8 +9,14 @@
 //    file: no process at all for the common poll of unchanged branches.
 //  - Everything else Breezy answers, through helper.py beside this library:
 //    one long-lived server per plugin object (JSON lines on its pipes) for
-//    listings, pulls, commits, digests and forget; a one-shot process per
-//    export (a stream of its own).
+//    listings, pulls, commits, digests, forget and publish; a one-shot
+//    process per export, fast-export and fast-import (a stream of its own).
+//
+// Mirroring: fast-export is the helper's own exporter (Breezy's drops
+// parents incrementally); fast-import is Breezy's, run by the helper into a
+// branch of the proxy kept for imports, <proxy>/mirror/<ref_prefix><branch>,
+// on ref refs/heads/master. Known revisions and marks travel on the
+// processes' stdin, ahead of the stream: no file is written here.
 //
 // Safety: names and revisions are validated (bzr_parse.h) before use and
 // reach Breezy as argv elements or JSON fields, never through a shell.
@@ -37,6 +43,11 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kPython = "/usr/bin/python3";  // Debian's, which has breezy
 constexpr int kPullTimeout = 3600;     // a first pull of a big upstream is slow
 constexpr int kExportTimeout = 3600;
+constexpr int kStreamTimeout = 6 * 3600;  // a first mirror of a long history, at the reader's pace
+constexpr size_t kMaxMarksOutput = 256u << 20;  // ":MARK REVID" lines of one import
+// The ref of import streams: brz fast-import puts the trunk ref on the
+// destination branch (and would make sister branches for any other).
+constexpr const char* kImportRef = "refs/heads/master";
 constexpr int kHeadsTimeout = 120;     // seconds, per request to the helper
 constexpr int kLocalTimeout = 600;     // commits, digest, forget: the proxy is local
 constexpr int kOverdueGrace = 30;      // the helper kills itself first; this is the backstop
@@ -214,14 +225,17 @@ class State : public std::enable_shared_from_this<State> {
 
   // A one-shot `python3 helper.py ARGS…`; done unless the BzrVcs is gone first.
   // With on_out, stdout is streamed to it instead of collected.
+  // With stdin_pipe, the process reads what is written to the Running.
   std::shared_ptr<Running> oneShot(std::vector<std::string> args, int timeout,
                                    std::function<void(ProcessResult)> done,
-                                   std::function<void(std::string_view)> on_out = nullptr) {
+                                   std::function<void(std::string_view)> on_out = nullptr,
+                                   bool stdin_pipe = false) {
     ProcessSpec spec;
     spec.argv = {kPython, helper_path_};
     spec.argv.insert(spec.argv.end(), args.begin(), args.end());
     spec.env = helperEnvironment();
     spec.timeout_seconds = timeout;
+    spec.stdin_pipe = stdin_pipe;
     return processes_.start(std::move(spec), std::move(done), std::move(on_out));
   }
 
@@ -433,6 +447,132 @@ void logRefused(Host& host, const std::string& url, const std::vector<std::strin
   host.log(LogLevel::warning, url + ": ignoring branches whose names pefnos refuses: " + names);
 }
 
+// --------------------------------------------------------------------------
+// Mirroring
+
+Status checkExportSpec(const ExportSpec& spec) {
+  if (auto s = checkRevision(spec.revision); !s) return s;
+  if (!isValidStreamRef(spec.ref))
+    return Error{"'" + spec.ref + "' is not a ref a fast-import stream can write to"};
+  if (spec.first_mark == 0) return Error{"the marks of a stream start at 1, not 0"};
+  for (const auto& [revision, mark] : spec.known) {
+    if (auto s = checkRevision(revision); !s)
+      return Error{"a known revision: " + s.error().message};
+    if (mark == 0 || mark >= spec.first_mark)
+      return Error{
+          "known revision " + revision + " has mark :" + std::to_string(mark) +
+          ", which is not below the stream's first mark :" + std::to_string(spec.first_mark)};
+  }
+  return ok();
+}
+
+Status checkImportSpec(const ImportSpec& spec) {
+  if (!isValidBranchName(spec.branch))
+    return Error{"refusing to import into branch '" + spec.branch + "': not a valid branch name"};
+  for (const auto& [mark, revision] : spec.known) {
+    if (auto s = checkRevision(revision); !s)
+      return Error{"a known revision: " + s.error().message};
+    if (mark == 0) return Error{"known revision " + revision + " has mark :0 (marks start at 1)"};
+  }
+  return ok();
+}
+
+// What an import's process callbacks share with the Import the host holds.
+struct ImportRun {
+  // waiting: for its turn on the proxy (one writer at a time, as pulls).
+  enum class Phase { waiting, running, ended };
+  Phase phase = Phase::waiting;
+  std::string what;   // "importing into <mirror branch>", for errors
+  std::string known;  // "MARK REVID" lines, written ahead of the stream
+  std::shared_ptr<Running> process;
+  std::deque<std::pair<std::string, std::function<void(bool)>>> early;  // written while waiting
+  bool finishing = false, abandoned = false;
+  std::string marks;  // the helper's stdout
+  bool marks_overflow = false;
+  std::function<void(Result<Imported>)> done;
+};
+
+void endImport(ImportRun& run, ProcessResult r) {
+  run.phase = ImportRun::Phase::ended;
+  run.process.reset();
+  auto done = std::exchange(run.done, nullptr);
+  if (!done) return;
+  if (run.abandoned)
+    return done(Error{run.what + ": abandoned; the mirror branch was left as it was"});
+  if (!r.ok()) return done(failure(run.what, std::move(r)));
+  if (run.marks_overflow) return done(Error{run.what + ": the helper printed marks without end"});
+  auto marks = parseMarks(run.marks);
+  if (!marks)
+    return done(
+        Error{run.what + ": the helper printed marks that do not read as ':MARK REVID' lines"});
+  done(Imported{std::move(*marks)});
+}
+
+class BzrImport final : public Import {
+ public:
+  BzrImport(std::weak_ptr<State> state, std::shared_ptr<ImportRun> run)
+      : state_(std::move(state)), run_(std::move(run)) {}
+  // Dropped before the end of its stream: the import is abandoned (its
+  // process would otherwise wait for the rest until it timed out).
+  ~BzrImport() override {
+    if (!run_->finishing) kill();
+  }
+  BzrImport(const BzrImport&) = delete;  // one owner ends the stream
+  BzrImport& operator=(const BzrImport&) = delete;
+
+  const std::string& ref() const override { return ref_; }
+
+  void write(std::string data, std::function<void(bool)> written) override {
+    auto state = state_.lock();
+    if (!state) return;  // the Vcs is gone: no callback runs any more
+    bool open = !run_->abandoned && !run_->finishing;
+    if (open && run_->phase == ImportRun::Phase::running)
+      return run_->process->write(std::move(data), std::move(written));
+    if (open && run_->phase == ImportRun::Phase::waiting) {
+      run_->early.emplace_back(std::move(data), std::move(written));
+      return;
+    }
+    if (written) support::later(state->host(), state_, std::move(written), false);
+  }
+
+  void finish() override {
+    if (run_->finishing || run_->abandoned) return;
+    run_->finishing = true;
+    if (run_->phase == ImportRun::Phase::running) run_->process->closeInput();
+  }
+
+  void kill() override {
+    auto state = state_.lock();
+    if (!state || run_->abandoned || run_->phase == ImportRun::Phase::ended) return;
+    run_->abandoned = true;
+    if (run_->phase == ImportRun::Phase::running) return run_->process->kill();  // done follows
+    // Still waiting for its turn: it never starts.
+    run_->phase = ImportRun::Phase::ended;
+    for (auto& [data, written] : std::exchange(run_->early, {}))
+      if (written) support::later(state->host(), state_, std::move(written), false);
+    if (auto done = std::exchange(run_->done, nullptr))
+      support::later(state->host(), state_, std::move(done),
+                     Result<Imported>(Error{run_->what + ": abandoned before it started"}));
+  }
+
+ private:
+  std::weak_ptr<State> state_;
+  std::shared_ptr<ImportRun> run_;
+  std::string ref_ = kImportRef;
+};
+
+std::string knownLines(const std::vector<std::pair<std::string, uint64_t>>& known) {
+  std::string lines;
+  for (const auto& [revision, mark] : known) lines += std::to_string(mark) + " " + revision + "\n";
+  return lines;
+}
+
+std::string knownLines(const std::vector<std::pair<uint64_t, std::string>>& known) {
+  std::string lines;
+  for (const auto& [mark, revision] : known) lines += std::to_string(mark) + " " + revision + "\n";
+  return lines;
+}
+
 class BzrVcs final : public Vcs {
  public:
   explicit BzrVcs(Host& host) : host_(host), state_(std::make_shared<State>(host)) {}
@@ -547,6 +687,96 @@ class BzrVcs final : public Vcs {
                     });
   }
 
+  std::shared_ptr<Running> fastExport(const Repo& repo, const ExportSpec& spec,
+                                      std::function<void(std::string_view)> on_chunk,
+                                      std::function<void(Status)> done) override {
+    Status valid = checkRepo(repo, false);
+    if (valid) valid = checkExportSpec(spec);
+    if (!valid) {
+      later(std::move(done), valid.error());
+      return nullptr;
+    }
+    std::string what = "the fast-export of " + spec.revision + " from " + repo.proxy;
+    auto running = state_->oneShot(
+        {"fast-export", repo.proxy, spec.revision, spec.ref, std::to_string(spec.first_mark)},
+        kStreamTimeout,
+        [what, done = std::move(done)](ProcessResult r) {
+          done(r.ok() ? ok() : Status(failure(what, std::move(r))));
+        },
+        std::move(on_chunk), /*stdin_pipe=*/true);
+    // The helper reads them all before it writes a byte of the stream.
+    running->write(knownLines(spec.known));
+    running->closeInput();
+    return running;
+  }
+
+  std::shared_ptr<Import> fastImport(const Repo& repo, const ImportSpec& spec,
+                                     std::function<void(Result<Imported>)> done) override {
+    Status valid = checkRepo(repo, false);
+    if (valid) valid = checkImportSpec(spec);
+    if (!valid) {
+      later(std::move(done), Result<Imported>(valid.error()));
+      return nullptr;
+    }
+    auto run = std::make_shared<ImportRun>();
+    run->what = "importing into " + repo.proxy + "/mirror/" + repo.ref_prefix + spec.branch;
+    run->known = knownLines(spec.known);
+    run->done = std::move(done);
+    std::vector<std::string> args{"fast-import", repo.proxy, repo.ref_prefix, spec.branch,
+                                  std::to_string(spec.known.size())};
+    std::weak_ptr<State> weak = state_;
+    // A writer of the proxy, like a pull: Breezy's repository lock would fail one of them.
+    state_->serialise(
+        repo.proxy, [weak, run, args = std::move(args)](std::function<void()> release) mutable {
+          auto self = weak.lock();
+          if (!self) return;
+          if (run->phase == ImportRun::Phase::ended) return release();  // abandoned while waiting
+          std::weak_ptr<ImportRun> reader = run;  // the process's output must not keep the run
+          run->process = self->oneShot(
+              std::move(args), kStreamTimeout,
+              [run, release](ProcessResult r) {
+                release();
+                endImport(*run, std::move(r));
+              },
+              [reader](std::string_view chunk) {
+                auto r = reader.lock();
+                if (!r || r->marks_overflow) return;
+                if (r->marks.size() + chunk.size() > kMaxMarksOutput) {
+                  r->marks_overflow = true;
+                  r->marks.clear();
+                  return;
+                }
+                r->marks.append(chunk);
+              },
+              /*stdin_pipe=*/true);
+          run->phase = ImportRun::Phase::running;
+          run->process->write(std::exchange(run->known, std::string()));
+          for (auto& [data, written] : std::exchange(run->early, {}))
+            run->process->write(std::move(data), std::move(written));
+          if (run->finishing) run->process->closeInput();
+        });
+    return std::make_shared<BzrImport>(weak, run);
+  }
+
+  void publish(const Repo& repo, const std::string& branch, const std::string& revision,
+               const std::string& expected, std::function<void(Status)> done) override {
+    if (auto s = checkRepo(repo, true); !s) return later(std::move(done), s.error());
+    if (!isValidBranchName(branch))
+      return later(std::move(done), Error{"refusing to publish branch '" + branch + "' of " +
+                                          repo.url + ": not a valid branch name"});
+    if (auto s = checkRevision(revision); !s) return later(std::move(done), s.error());
+    if (!expected.empty())
+      if (auto s = checkRevision(expected); !s) return later(std::move(done), s.error());
+    // In the long-lived helper, on the pool pulls use: it reads the proxy and
+    // writes the upstream, where the branch's lock makes check-and-set one step.
+    json message = {{"op", "publish"},  {"proxy", repo.proxy},  {"url", repo.url},
+                    {"branch", branch}, {"revision", revision}, {"expected", expected}};
+    state_->request(
+        std::move(message), kPullTimeout,
+        "publishing " + revision + " as branch '" + branch + "' of " + repo.url,
+        [done = std::move(done)](Result<json> r) { done(r ? ok() : Status(r.error())); });
+  }
+
   void forget(const Repo& repo, std::function<void(Status)> done) override {
     if (auto s = checkRepo(repo, false); !s) return later(std::move(done), s.error());
     std::weak_ptr<State> weak = state_;
@@ -555,7 +785,9 @@ class BzrVcs final : public Vcs {
       auto self = weak.lock();
       if (!self) return;
       std::error_code ec;
-      if (!fs::exists(fs::path(repo.proxy) / repo.ref_prefix, ec)) {  // nothing to forget
+      fs::path branches = fs::path(repo.proxy) / repo.ref_prefix;
+      fs::path mirrors = fs::path(repo.proxy) / "mirror" / repo.ref_prefix;
+      if (!fs::exists(branches, ec) && !fs::exists(mirrors, ec)) {  // nothing to forget
         release();
         return support::later(self->host(), weak, std::move(done), ok());
       }

@@ -1,11 +1,15 @@
 // Pure logic of the bzr plugin, header-only so that its tests include it
-// directly: what a branch name, a revision id and a ref prefix may be, how a
-// location is recognised as local, and how a branch's last-revision file reads.
+// directly: what a branch name, a revision id, a ref prefix and a stream's ref
+// may be, how a location is recognised as local, how a branch's last-revision
+// file reads, and how the helper's marks read.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace pefnos::bzr {
 
@@ -41,6 +45,20 @@ inline bool isValidRevisionId(std::string_view id) {
   if (id.empty() || id.size() > 1024 || id.front() == '-' || id == "null:") return false;
   for (unsigned char c : id)
     if (c <= 0x20 || c == 0x7f) return false;
+  return true;
+}
+
+// The ref a fast-import stream writes to ("refs/heads/master"): a git ref
+// name that fits on a stream's command line (no spaces, no controls).
+inline bool isValidStreamRef(std::string_view ref) {
+  if (ref.size() < 6 || ref.size() > 1024 || ref.substr(0, 5) != "refs/" || ref.back() == '/' ||
+      ref.back() == '.' || ref.find("..") != std::string_view::npos ||
+      ref.find("//") != std::string_view::npos || ref.find("@{") != std::string_view::npos)
+    return false;
+  for (unsigned char c : ref)
+    if (c <= 0x20 || c == 0x7f ||
+        std::string_view("~^:?*[\\").find(static_cast<char>(c)) != std::string_view::npos)
+      return false;
   return true;
 }
 
@@ -103,6 +121,34 @@ inline std::optional<std::string> parseLastRevision(std::string_view text) {
   if (id == "null:") return std::string();
   if (!isValidRevisionId(id)) return std::nullopt;
   return std::string(id);
+}
+
+// The marks the helper prints after an import, ":MARK REVID" a line, in
+// order; nullopt if any line is not of that shape.
+inline std::optional<std::vector<std::pair<uint64_t, std::string>>> parseMarks(
+    std::string_view text) {
+  std::vector<std::pair<uint64_t, std::string>> marks;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    if (nl == std::string_view::npos) return std::nullopt;  // a cut-off line
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl + 1);
+    size_t space = line.find(' ');
+    if (line.size() < 2 || line.front() != ':' || space == std::string_view::npos || space < 2 ||
+        space > 21)
+      return std::nullopt;
+    uint64_t mark = 0;
+    for (char c : line.substr(1, space - 1)) {
+      if (c < '0' || c > '9') return std::nullopt;
+      uint64_t next = mark * 10 + static_cast<uint64_t>(c - '0');
+      if (next / 10 != mark) return std::nullopt;  // overflow
+      mark = next;
+    }
+    std::string_view revision = line.substr(space + 1);
+    if (mark == 0 || !isValidRevisionId(revision)) return std::nullopt;
+    marks.emplace_back(mark, std::string(revision));
+  }
+  return marks;
 }
 
 }  // namespace pefnos::bzr

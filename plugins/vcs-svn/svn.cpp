@@ -5,15 +5,19 @@
 // Branches are directories, found only where Repo.branches points; a head is
 // "PATH@REV", REV being the revision in which that path last changed. The
 // proxy is one svnsync mirror per repository; history, trees and digests
-// are read from it.
+// are read from it, and so is fastExport's stream (by export.py, through
+// Subversion's Python bindings). Subversion is only ever a mirror's source:
+// fastImport and publish keep the defaults.
 //
 // Safety: paths reach svn URL-encoded, after validation, as argv elements
 // after "--"; svn runs with --non-interactive, --no-auth-cache and a private
 // empty configuration, so it never prompts nor reads a user's settings.
 // Nothing here blocks the loop beyond a few stats, the read of a one-line
 // db/current and writes of small files.
+#include <dlfcn.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -32,6 +36,9 @@ namespace fs = std::filesystem;
 
 constexpr int kPollTimeout = 300;       // svn info / list / log: a poll must end
 constexpr int kTransferTimeout = 3600;  // svnsync, export: big; svnsync resumes where it stopped
+// A mirror's fast-export runs at the pace of its importer (the host pauses it
+// while the importer is behind): a bound, not an estimate.
+constexpr int kStreamTimeout = 24 * 3600;
 // In the mirror directory, beside svnsync's files: the source URL and its
 // repository path, written last when the mirror is made (see ensureMirror).
 constexpr const char* kSourceFile = "pefnos-source";
@@ -109,6 +116,24 @@ ProcessSpec spec(std::vector<std::string> argv, int timeout_seconds,
 }
 
 std::string repoName(const Repo& repo) { return "repository " + std::to_string(repo.id); }
+
+// fastExport's helper (export.py, installed as vcs-svn-export.py beside this
+// library): Subversion's Python bindings read the mirror directly.
+std::string exportHelperPath() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&exportHelperPath), &info) == 0 || !info.dli_fname) return "";
+  return (fs::path(info.dli_fname).parent_path() / "vcs-svn-export.py").string();
+}
+
+// The helper writes the ref into command lines: a full ref name, no spaces
+// or control characters.
+bool isPlainRef(const std::string& ref) {
+  if (ref.rfind("refs/", 0) != 0 || ref.size() == 5) return false;
+  return std::none_of(ref.begin(), ref.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u <= 0x20 || u == 0x7f;
+  });
+}
 
 // The proxy of one repository: its svnsync mirror.
 struct Mirror {
@@ -475,6 +500,59 @@ class SvnVcs final : public Vcs {
         });
   }
 
+  // One helper process: it reads the known marks on stdin, then writes the
+  // stream (see export.py). The history and the ids are those of listCommits.
+  std::shared_ptr<Running> fastExport(const Repo& repo, const ExportSpec& stream,
+                                      std::function<void(std::string_view)> on_chunk,
+                                      std::function<void(Status)> done) override {
+    auto target = readable(repo, stream.revision);
+    auto mirror = mirrorOf(repo);
+    Status valid = target ? Status(ok()) : Status(target.error());
+    if (valid && !mirror) valid = mirror.error();
+    if (valid && !isPlainRef(stream.ref))
+      valid = Error{"cannot export onto '" + stream.ref + "': not a full ref name (refs/…)"};
+    uint64_t highest = 0;
+    for (const auto& [id, mark] : stream.known) {
+      if (!valid) break;
+      if (!parseRevisionId(id))
+        valid = notAnId(id);
+      else if (mark == 0)
+        valid = Error{"known revision " + id + " has mark 0"};
+      highest = std::max(highest, mark);
+    }
+    if (valid && stream.first_mark <= highest)
+      valid = Error{"the stream's first mark :" + std::to_string(stream.first_mark) +
+                    " is not above the known marks (up to :" + std::to_string(highest) + ")"};
+    std::string helper = exportHelperPath();
+    if (valid && helper.empty()) valid = Error{"cannot find the svn export helper"};
+    if (!valid) {
+      later(std::move(done), valid.error());
+      return nullptr;
+    }
+    for (const auto& known : stream.known) {
+      if (known.first == stream.revision) {  // the target has it: an empty stream
+        later(std::move(done), ok());
+        return std::make_shared<Pipeline>();
+      }
+    }
+    auto id = parseRevisionId(stream.revision);
+    ProcessSpec p =
+        spec({"/usr/bin/python3", helper, mirror->dir, target->source.root, id->path,
+              std::to_string(id->revision), std::to_string(stream.first_mark), stream.ref},
+             kStreamTimeout, {"PYTHONDONTWRITEBYTECODE=1"});
+    p.stdin_pipe = true;
+    auto running = state_->start(
+        std::move(p),
+        [revision = stream.revision, done = std::move(done)](ProcessResult r) {
+          done(r.ok() ? ok() : Status(failure("svn fast-export of " + revision, r)));
+        },
+        std::move(on_chunk));
+    // The known marks, in pieces, each once the last is in the pipe.
+    auto known = std::make_shared<std::vector<std::pair<std::string, uint64_t>>>(stream.known);
+    feedKnown(running, known, 0);
+    return running;
+  }
+
   void forget(const Repo& repo, std::function<void(Status)> done) override {
     auto mirror = mirrorOf(repo);
     if (!mirror) return later(std::move(done), mirror.error());
@@ -498,6 +576,22 @@ class SvnVcs final : public Vcs {
   }
 
  private:
+  static void feedKnown(const std::shared_ptr<Running>& process,
+                        std::shared_ptr<std::vector<std::pair<std::string, uint64_t>>> known,
+                        size_t at) {
+    std::string piece;
+    while (at < known->size() && piece.size() < (64u << 10)) {
+      piece += std::to_string((*known)[at].second) + " " + (*known)[at].first + "\n";
+      ++at;
+    }
+    if (piece.empty()) return process->closeInput();
+    std::weak_ptr<Running> weak = process;
+    process->write(std::move(piece), [weak, known, at](bool written) {
+      auto p = weak.lock();
+      if (p && written) feedKnown(p, known, at);  // else it is gone: its done says why
+    });
+  }
+
   // A revision to read from the mirror: its URL there (with peg) and its
   // repository path.
   struct Readable {

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <set>
 #include <sstream>
 
+#include "git_stream.h"
 #include "tests/support/vcs_fixture.h"
 
 namespace pefnos {
@@ -403,6 +405,716 @@ TEST_F(VcsGitTest, ConcurrentUpdatesOfOneProxyRunOneAfterTheOther) {
   EXPECT_EQ(proxyRef("refs/pefnos/2/main"), extra);
   EXPECT_NE(proxyRef("refs/pefnos/1/main"), "");  // forgotten, then fetched again, in order
   EXPECT_EQ(test::run({"git", "--git-dir=" + proxy, "fsck"}).first, 0);
+}
+
+// ---- Mirroring: fastExport, fastImport, publish ------------------------------
+
+// A commit of a fast-import stream as the test reads it back (command lines only).
+struct StreamCommit {
+  uint64_t mark = 0;
+  std::string original;              // original-oid
+  std::vector<std::string> parents;  // from, then merge values (":M")
+  bool reset_before = false;         // a `reset` of the same ref right before it
+};
+
+std::vector<StreamCommit> commitsOf(const std::string& stream) {
+  std::vector<StreamCommit> commits;
+  bool reset = false, in_commit = false;
+  size_t at = 0;
+  while (at < stream.size()) {
+    size_t nl = stream.find('\n', at);
+    if (nl == std::string::npos) nl = stream.size();
+    std::string line = stream.substr(at, nl - at);
+    at = nl + 1;
+    if (line.rfind("data ", 0) == 0) {
+      at += std::stoull(line.substr(5));
+      continue;
+    }
+    if (line.rfind("reset ", 0) == 0) {
+      reset = true;
+      in_commit = false;
+    } else if (line.rfind("commit ", 0) == 0) {
+      commits.push_back({});
+      commits.back().reset_before = reset;
+      in_commit = true;
+      reset = false;
+    } else if (in_commit && line.rfind("mark :", 0) == 0 && commits.back().mark == 0) {
+      commits.back().mark = std::stoull(line.substr(6));
+    } else if (in_commit && line.rfind("original-oid ", 0) == 0) {
+      commits.back().original = line.substr(13);
+    } else if (in_commit && (line.rfind("from ", 0) == 0 || line.rfind("merge ", 0) == 0)) {
+      commits.back().parents.push_back(line.substr(line.find(' ') + 1));
+    } else if (line == "blob") {
+      in_commit = false;
+      reset = false;
+    }
+  }
+  return commits;
+}
+
+// The smallest mark a stream defines (blobs included).
+uint64_t firstMarkOf(const std::string& stream) {
+  uint64_t first = UINT64_MAX;
+  size_t at = 0;
+  while (at < stream.size()) {
+    size_t nl = stream.find('\n', at);
+    if (nl == std::string::npos) nl = stream.size();
+    std::string line = stream.substr(at, nl - at);
+    at = nl + 1;
+    if (line.rfind("data ", 0) == 0) at += std::stoull(line.substr(5));
+    if (line.rfind("mark :", 0) == 0)
+      first = std::min<uint64_t>(first, std::stoull(line.substr(6)));
+  }
+  return first;
+}
+
+class VcsGitMirrorTest : public VcsGitTest {
+ protected:
+  void SetUp() override {
+    VcsGitTest::SetUp();
+    src_up = makeUpstream("src");
+    dst_up = tmp.path() + "/dst.git";
+    ASSERT_EQ(test::run({"git", "init", "-q", "--bare", dst_up}).first, 0);
+    src = repo(1, src_up);
+    dst = Repo{2, dst_up, tmp.path() + "/dst-proxy.git", "refs/pefnos/2/", {}};
+  }
+
+  struct Mirrored {
+    Status exported = Error{"no answer"};
+    Result<Imported> imported = Error{"no answer"};
+    std::string stream;  // as the exporter wrote it
+    std::string ref;     // Import::ref()
+    size_t chunks = 0;
+  };
+
+  // Pipes src's fastExport into dst's fastImport as the host does: the export
+  // is paused while a chunk is being written, and the import finished (or
+  // killed) once the export has ended.
+  Mirrored mirror(ExportSpec e, const ImportSpec& i) {
+    Mirrored m;
+    std::shared_ptr<Import> import;
+    std::shared_ptr<Running> running;
+    int pending = 0;
+    bool exported = false;
+    std::function<void()> maybeFinish = [&] {
+      if (!exported || pending > 0) return;
+      if (m.exported)
+        import->finish();
+      else
+        import->kill();
+    };
+    m.imported = await<Result<Imported>>(
+        [&](auto done) {
+          import = vcs->fastImport(dst, i, done);
+          ASSERT_TRUE(import);
+          m.ref = import->ref();
+          e.ref = m.ref;
+          running = vcs->fastExport(src, e, [&](std::string_view chunk) {
+            m.stream.append(chunk);
+            ++m.chunks;
+            ++pending;
+            running->pause();
+            import->write(std::string(chunk), [&](bool) {
+              if (--pending > 0) return;
+            running->resume();
+            maybeFinish();
+          });
+        },
+        [&](Status s) {
+          m.exported = std::move(s);
+          exported = true;
+          maybeFinish();
+        });
+    ASSERT_TRUE(running);
+  });
+  return m;
+}
+
+  // The known marks of both sides after a run: source revision -> mark, mark -> target id.
+  void remember(const Mirrored& m) {
+  std::map<uint64_t, std::string> target(m.imported->marks.begin(), m.imported->marks.end());
+  for (const auto& c : commitsOf(m.stream)) {
+    ASSERT_TRUE(target.count(c.mark)) << "no target id for :" << c.mark;
+    export_known.emplace_back(c.original, c.mark);
+    import_known.emplace_back(c.mark, target[c.mark]);
+    highest = std::max(highest, c.mark);
+  }
+}
+
+ExportSpec exportSpec(const std::string& revision) {
+  ExportSpec e;
+  e.branch = "main";
+  e.revision = revision;
+  e.known = export_known;
+  e.first_mark = highest + 1;
+  return e;
+}
+ImportSpec importSpec() { return ImportSpec{"main", import_known}; }
+
+Status publish(const std::string& revision, const std::string& expected) {
+  return await<Status>([&](auto done) { vcs->publish(dst, "main", revision, expected, done); });
+}
+
+std::string dstProxyRef(const std::string& ref) {
+  auto [code, out] =
+      test::run({"git", "--git-dir=" + dst.proxy, "rev-parse", "--verify", "-q", ref});
+  return code == 0 ? trimmed(out) : "";
+}
+std::vector<std::string> refsIn(const std::string& git_dir, const std::string& prefix) {
+  auto [code, out] =
+      test::run({"git", "--git-dir=" + git_dir, "for-each-ref", "--format=%(refname)", prefix});
+  return linesOf(out);
+}
+
+std::string src_up, dst_up;
+Repo src, dst;
+std::vector<std::pair<std::string, uint64_t>> export_known;
+std::vector<std::pair<uint64_t, std::string>> import_known;
+uint64_t highest = 0;
+};
+
+// A history with what a mirror must carry: a merge, an executable, a symlink,
+// a rename, a deletion, a file that becomes a directory, non-UTF-8 bytes in an
+// author's name and a message. Returns main's head.
+std::string makeRichHistory(const std::string& dir) {
+  writeFile(fs::path(dir) / "a.txt", "a\n");
+  writeFile(fs::path(dir) / "run.sh", "#!/bin/sh\necho hi\n");
+  chmod((fs::path(dir) / "run.sh").c_str(), 0755);
+  fs::create_symlink("a.txt", fs::path(dir) / "link");
+  writeFile(fs::path(dir) / "thing", "a file, for now\n");
+  commitAll(dir, "root", {"2024-01-01T10:00:00+02:00", "2024-01-01T11:00:00+02:00"});
+  git(dir, {"checkout", "-q", "-b", "side"});
+  writeFile(fs::path(dir) / "dir/side.txt", "side\n");
+  commitAll(dir, "side", {"2024-01-02T10:00:00-05:00", "2024-01-02T12:00:00Z"});
+  git(dir, {"checkout", "-q", "main"});
+  git(dir, {"mv", "a.txt", "renamed.txt"});
+  fs::remove(fs::path(dir) / "thing");
+  writeFile(fs::path(dir) / "thing/inside.txt", "now a directory\n");
+  setenv("GIT_AUTHOR_NAME", "Rene Latin-1", 1);
+  std::string utf8 = commitAll(dir, "cafe: rename, and a file becomes a directory");
+  setenv("GIT_AUTHOR_NAME", "Alice Example", 1);
+  // git commit turns Latin-1 into UTF-8: the bytes are written by hand.
+  std::string raw = git(dir, {"cat-file", "commit", utf8}) + "\n";
+  for (auto [from, to] :
+       {std::pair<std::string, std::string>{"Rene", "Ren\xe9"}, {"cafe", "caf\xe9"}})
+    raw.replace(raw.find(from), from.size(), to);
+  writeFile(fs::path(dir) / ".git" / "latin1-commit", raw);
+  std::string latin1 = git(dir, {"hash-object", "-t", "commit", "-w", ".git/latin1-commit"});
+  git(dir, {"update-ref", "HEAD", latin1});
+  setenv("GIT_AUTHOR_DATE", "2024-01-04T09:08:07+05:30", 1);
+  git(dir, {"merge", "-q", "--no-ff", "side", "-m", "Merge side"});
+  fs::remove(fs::path(dir) / "run.sh");
+  return commitAll(dir, "delete run.sh");
+}
+
+TEST_F(VcsGitMirrorTest, ExportImportRoundTripRebuildsTheSameCommitsAndPublishes) {
+  std::string head = makeRichHistory(src_up);
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ASSERT_TRUE(updateProxy(dst, {}));  // the target's proxy; its branch does not exist yet
+
+  auto m = mirror(exportSpec(head), importSpec());
+  ASSERT_TRUE(m.exported) << m.exported.error().message;
+  ASSERT_TRUE(m.imported) << m.imported.error().message;
+  EXPECT_EQ(m.ref, "refs/pefnos/2/-mirror/main");
+
+  auto commits = commitsOf(m.stream);
+  auto all = linesOf(git(src_up, {"rev-list", "--topo-order", "--reverse", head}));
+  ASSERT_EQ(commits.size(), all.size());
+  EXPECT_TRUE(commits.front().reset_before) << "a root commit starts with reset";
+  EXPECT_EQ(commits.back().original, head) << "the stream ends with the revision";
+  EXPECT_EQ(m.imported->marks.size(), commits.size());
+  std::map<uint64_t, std::string> imported(m.imported->marks.begin(), m.imported->marks.end());
+  for (const auto& c : commits) {
+    // Same tree, parents, authors, dates and bytes of message: the same commit id.
+    EXPECT_EQ(imported[c.mark], c.original)
+        << git(src_up, {"cat-file", "commit", c.original}) << "\n----\n"
+        << git(tmp.path(), {"--git-dir=" + dst.proxy, "cat-file", "commit", imported[c.mark]});
+  }
+  EXPECT_EQ(firstMarkOf(m.stream), 1u) << "marks start at first_mark";
+  EXPECT_EQ(dstProxyRef(m.ref), head);
+  EXPECT_EQ(refsIn(proxy, "refs/pefnos/1/-export/"), std::vector<std::string>{})
+      << "the export's temporary ref is gone";
+  // The non-UTF-8 bytes went through untouched.
+  std::string raw = git(tmp.path(), {"--git-dir=" + dst.proxy, "cat-file", "commit",
+                                     git(src_up, {"rev-parse", "main^^"})});
+  EXPECT_NE(raw.find("author Ren\xe9 Latin-1 <"), std::string::npos) << raw;
+  EXPECT_NE(raw.find("caf\xe9: rename"), std::string::npos);
+
+  auto published = publish(head, "");
+  ASSERT_TRUE(published) << published.error().message;
+  EXPECT_EQ(git(dst_up, {"rev-parse", "refs/heads/main"}), head);
+  EXPECT_EQ(git(dst_up, {"for-each-ref", "--format=%(refname)"}), "refs/heads/main")
+      << "publish pushes the branch and nothing else";
+}
+
+TEST_F(VcsGitMirrorTest, IncrementalExportCarriesASideBranchFromOldHistoryThatMergesBack) {
+  std::string old_root = commitFile(src_up, "a.txt", "root");
+  commitFile(src_up, "b.txt", "second");
+  std::string first_head = commitFile(src_up, "c.txt", "third");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ASSERT_TRUE(updateProxy(dst, {}));
+  auto first = mirror(exportSpec(first_head), importSpec());
+  ASSERT_TRUE(first.imported) << first.imported.error().message;
+  remember(first);
+  ASSERT_TRUE(publish(first_head, ""));
+
+  // A side branch from the root (old history), new work on main, a merge.
+  git(src_up, {"checkout", "-q", "-b", "old-side", old_root});
+  std::string side1 = commitFile(src_up, "side1.txt", "side one");
+  std::string side2 = commitFile(src_up, "side2.txt", "side two");
+  git(src_up, {"checkout", "-q", "main"});
+  std::string mainline = commitFile(src_up, "d.txt", "mainline");
+  git(src_up, {"merge", "-q", "--no-ff", "old-side", "-m", "Merge old-side"});
+  std::string merge = git(src_up, {"rev-parse", "HEAD"});
+  std::string after = commitFile(src_up, "e.txt", "after the merge");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ASSERT_TRUE(updateProxy(dst, {"main"}));  // as the host does before importing
+
+  auto e = exportSpec(merge);  // up to the merge, not main's head
+  auto second = mirror(e, importSpec());
+  ASSERT_TRUE(second.exported) << second.exported.error().message;
+  ASSERT_TRUE(second.imported) << second.imported.error().message;
+
+  auto commits = commitsOf(second.stream);
+  std::map<std::string, StreamCommit> by_original;
+  for (const auto& c : commits) by_original[c.original] = c;
+  ASSERT_EQ(by_original.size(), 4u) << second.stream;
+  EXPECT_EQ((std::set<std::string>{side1, side2, mainline, merge}),
+            (std::set<std::string>{commits[0].original, commits[1].original, commits[2].original,
+                                   commits[3].original}));
+  EXPECT_EQ(commits.back().original, merge);
+  std::map<std::string, uint64_t> known(export_known.begin(), export_known.end());
+  auto mark = [&](const std::string& revision) {
+    return ":" +
+           std::to_string(known.count(revision) ? known[revision] : by_original[revision].mark);
+  };
+  EXPECT_EQ(by_original[side1].parents, std::vector<std::string>{mark(old_root)})
+      << "the side branch builds on a known mark of old history";
+  EXPECT_FALSE(by_original[side1].reset_before);
+  EXPECT_EQ(by_original[mainline].parents, std::vector<std::string>{mark(first_head)});
+  EXPECT_EQ(by_original[merge].parents, (std::vector<std::string>{mark(mainline), mark(side2)}));
+  EXPECT_EQ(firstMarkOf(second.stream), highest + 1) << "new marks start at first_mark";
+
+  std::map<uint64_t, std::string> imported(second.imported->marks.begin(),
+                                           second.imported->marks.end());
+  EXPECT_EQ(imported.size(), 4u);
+  for (const auto& c : commits) EXPECT_EQ(imported[c.mark], c.original);
+  EXPECT_EQ(dstProxyRef(second.ref), merge);
+  ASSERT_TRUE(publish(merge, first_head));
+  EXPECT_EQ(git(dst_up, {"rev-parse", "refs/heads/main"}), merge);
+
+  // A third run with a gap in the numbering: marks still start at first_mark.
+  remember(second);
+  auto third_spec = exportSpec(after);
+  third_spec.first_mark = highest + 10;
+  auto third = mirror(third_spec, importSpec());
+  ASSERT_TRUE(third.imported) << third.imported.error().message;
+  auto last = commitsOf(third.stream);
+  ASSERT_EQ(last.size(), 1u);
+  EXPECT_EQ(firstMarkOf(third.stream), highest + 10);
+  EXPECT_EQ(last[0].parents,
+            std::vector<std::string>{":" + std::to_string(by_original[merge].mark)});
+}
+
+TEST_F(VcsGitMirrorTest, NothingIsExportedWhenTheTargetHasTheRevision) {
+  std::string root = commitFile(src_up, "a.txt", "root");
+  std::string head = commitFile(src_up, "b.txt", "second");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+
+  size_t before = host->argvs.size();
+  ExportSpec e{"main", head, "refs/x/main", {{root, 1}, {head, 2}}, 3};
+  size_t chunks = 0;
+  auto status = await<Status>([&](auto done) {
+    EXPECT_TRUE(vcs->fastExport(
+        src, e, [&](std::string_view) { ++chunks; }, done));
+  });
+  ASSERT_TRUE(status) << status.error().message;
+  EXPECT_EQ(chunks, 0u);
+  EXPECT_EQ(host->argvs.size(), before) << "no process for an empty stream";
+}
+
+TEST_F(VcsGitMirrorTest, IncompleteKnownMarksAreRefusedBeforeAnythingIsStreamed) {
+  std::string root = commitFile(src_up, "a.txt", "root");
+  std::string head = commitFile(src_up, "b.txt", "second");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  size_t chunks = 0;
+
+  // An ancestor of a known revision that has no mark itself.
+  ExportSpec ancestor{"main", root, "refs/x/main", {{head, 1}}, 2};
+  auto status = await<Status>([&](auto done) {
+    vcs->fastExport(
+        src, ancestor, [&](std::string_view) { ++chunks; }, done);
+  });
+  ASSERT_FALSE(status);
+  EXPECT_NE(status.error().message.find("incomplete"), std::string::npos) << status.error().message;
+  EXPECT_EQ(chunks, 0u);
+
+  // A parent of the new history that the target has (an ancestor of a known
+  // revision) but without a mark: refused before anything is streamed.
+  std::string third = commitFile(src_up, "c.txt", "third");
+  git(src_up, {"checkout", "-q", "-b", "side", root});
+  std::string side = commitFile(src_up, "s.txt", "side");
+  ASSERT_TRUE(updateProxy(src, {"main", "side"}));
+  ExportSpec gap{"side", side, "refs/x/side", {{third, 1}}, 2};
+  status = await<Status>([&](auto done) {
+    vcs->fastExport(
+        src, gap, [&](std::string_view) { ++chunks; }, done);
+  });
+  ASSERT_FALSE(status);
+  EXPECT_NE(status.error().message.find("incomplete: " + root), std::string::npos)
+      << status.error().message;
+  EXPECT_EQ(chunks, 0u);
+  EXPECT_EQ(refsIn(proxy, "refs/pefnos/1/-export/"), std::vector<std::string>{});
+}
+
+TEST_F(VcsGitMirrorTest, ExportOfAnUnknownRevisionFailsAndLeavesNoRef) {
+  commitFile(src_up, "a.txt", "root");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ExportSpec e{"main", std::string(40, 'a'), "refs/x/main", {}, 1};
+  auto status = await<Status>([&](auto done) {
+    vcs->fastExport(
+        src, e, [](std::string_view) {}, done);
+  });
+  ASSERT_FALSE(status);
+  EXPECT_NE(status.error().message.find(std::string(40, 'a')), std::string::npos)
+      << status.error().message;
+  EXPECT_EQ(refsIn(proxy, "refs/pefnos/1/"), std::vector<std::string>{"refs/pefnos/1/main"});
+
+  // Refused before any process: not an id, a ref that is not one, marks that collide.
+  size_t before = host->argvs.size();
+  for (ExportSpec bad :
+       {ExportSpec{"main", "HEAD", "refs/x/main", {}, 1},
+        ExportSpec{"main", std::string(40, 'a'), "--output=/tmp/x", {}, 1},
+        ExportSpec{"main", std::string(40, 'a'), "refs/x/main", {{std::string(40, 'b'), 5}}, 5}}) {
+    auto s = await<Status>([&](auto done) {
+      EXPECT_FALSE(vcs->fastExport(
+          src, bad, [](std::string_view) {}, done));
+    });
+    EXPECT_FALSE(s);
+  }
+  EXPECT_EQ(host->argvs.size(), before);
+}
+
+TEST_F(VcsGitMirrorTest, KillingAnExportEndsItWithAnErrorAndRemovesItsRef) {
+  // Enough data that the export is still running after its first chunk.
+  std::string big(4 << 20, 'x');
+  for (int i = 0; i < 3; ++i) {
+    big[0] = static_cast<char>('a' + i);
+    writeFile(fs::path(src_up) / ("big" + std::to_string(i)), big);
+    commitAll(src_up, "big " + std::to_string(i));
+  }
+  std::string head = git(src_up, {"rev-parse", "HEAD"});
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  std::shared_ptr<Running> running;
+  size_t chunks = 0;
+  auto status = await<Status>([&](auto done) {
+    running = vcs->fastExport(
+        src, ExportSpec{"main", head, "refs/x/main", {}, 1},
+        [&](std::string_view) {
+          if (++chunks == 1) running->kill();
+        },
+        done);
+  });
+  ASSERT_FALSE(status);
+  EXPECT_NE(status.error().message.find("killed by signal"), std::string::npos)
+      << status.error().message;
+  EXPECT_EQ(refsIn(proxy, "refs/pefnos/1/-export/"), std::vector<std::string>{});
+}
+
+TEST_F(VcsGitMirrorTest, PublishRefusesAnUpstreamThatMovedAndLeavesItUntouched) {
+  std::string first = commitFile(src_up, "a.txt", "first");
+  std::string second = commitFile(src_up, "b.txt", "second");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ASSERT_TRUE(updateProxy(dst, {}));
+  auto m = mirror(exportSpec(second), importSpec());
+  ASSERT_TRUE(m.imported) << m.imported.error().message;
+
+  ASSERT_TRUE(publish(first, ""));
+  // Expected absent, but it exists now.
+  auto again = publish(second, "");
+  ASSERT_FALSE(again);
+  EXPECT_NE(again.error().message.find("diverged"), std::string::npos) << again.error().message;
+  // Expected at a commit where it is not.
+  auto wrong = publish(second, second);
+  ASSERT_FALSE(wrong);
+  EXPECT_NE(wrong.error().message.find("diverged"), std::string::npos) << wrong.error().message;
+  EXPECT_EQ(git(dst_up, {"rev-parse", "refs/heads/main"}), first) << "the upstream is untouched";
+
+  ASSERT_TRUE(publish(second, first));
+  EXPECT_EQ(git(dst_up, {"rev-parse", "refs/heads/main"}), second);
+  // Names that could be options never reach git as such.
+  EXPECT_FALSE(publish("--all", first));
+  EXPECT_FALSE(
+      await<Status>([&](auto done) { vcs->publish(dst, "--mirror", second, first, done); }));
+  auto missing = publish(std::string(40, 'c'), second);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().message.find("diverged"), std::string::npos) << missing.error().message;
+}
+
+TEST_F(VcsGitMirrorTest, ImportRefusesHistoryThatDoesNotContainTheUpstreamHead) {
+  std::string first = commitFile(src_up, "a.txt", "first");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ASSERT_TRUE(updateProxy(dst, {}));
+  auto m = mirror(exportSpec(first), importSpec());
+  ASSERT_TRUE(m.imported) << m.imported.error().message;
+  remember(m);
+  ASSERT_TRUE(publish(first, ""));
+
+  // Someone commits on the target; the host fetched it but (wrongly) streams anyway.
+  std::string clone = tmp.path() + "/dst-clone";
+  ASSERT_EQ(test::run({"git", "clone", "-q", "-b", "main", dst_up, clone}).first, 0);
+  std::string theirs = commitFile(clone, "theirs.txt", "theirs");
+  git(clone, {"push", "-q", "origin", "main"});
+  std::string second = commitFile(src_up, "b.txt", "second");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ASSERT_TRUE(updateProxy(dst, {"main"}));
+
+  auto refused = mirror(exportSpec(second), importSpec());
+  ASSERT_TRUE(refused.exported);
+  ASSERT_FALSE(refused.imported);
+  EXPECT_NE(refused.imported.error().message.find("diverged"), std::string::npos)
+      << refused.imported.error().message;
+  EXPECT_EQ(dstProxyRef(refused.ref), theirs) << "the mirror ref stays at the upstream head";
+}
+
+TEST_F(VcsGitMirrorTest, ABrokenStreamFailsTheImportAndLeavesTheRefAlone) {
+  std::string first = commitFile(src_up, "a.txt", "first");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ASSERT_TRUE(updateProxy(dst, {}));
+  auto m = mirror(exportSpec(first), importSpec());
+  ASSERT_TRUE(m.imported) << m.imported.error().message;
+  remember(m);
+  ASSERT_TRUE(publish(first, ""));
+  ASSERT_TRUE(updateProxy(dst, {"main"}));
+  std::string ref = "refs/pefnos/2/-mirror/main";
+  std::string mark = ":" + std::to_string(highest + 1), known = ":" + std::to_string(highest);
+  std::string good = "commit " + ref + "\nmark " + mark +
+                     "\nauthor A <a@b> 1700000000 +0000\n"
+                     "committer A <a@b> 1700000000 +0000\ndata 3\nnew\nfrom " +
+                     known + "\nM 100644 inline x.txt\ndata 2\nx\n\n";
+
+  // Feeds the stream, one write after the other, then finishes (or kills).
+  auto import = [&](const std::vector<std::string>& pieces, bool kill) {
+    return await<Result<Imported>>([&](auto done) {
+      auto imp = vcs->fastImport(dst, importSpec(), done);
+      ASSERT_TRUE(imp);
+      EXPECT_EQ(imp->ref(), ref);
+      auto next = std::make_shared<std::function<void(size_t)>>();
+      *next = [imp, pieces, kill, next](size_t i) {
+        if (i == pieces.size()) {
+          kill ? imp->kill() : imp->finish();
+          *next = nullptr;  // ends the cycle
+          return;
+        }
+        imp->write(pieces[i], [next, i](bool) {
+          if (*next) (*next)(i + 1);
+        });
+      };
+      (*next)(0);
+    });
+  };
+
+  // Sanity: the good commit alone imports, in pieces cut anywhere.
+  auto fine = import({good.substr(0, 7), good.substr(7, 50), good.substr(57)}, false);
+  ASSERT_TRUE(fine) << fine.error().message;
+  ASSERT_EQ(fine->marks.size(), 1u);
+  std::string made = fine->marks[0].second;
+  EXPECT_EQ(git(src_up, {"--git-dir=" + dst.proxy, "rev-parse", made + "^"}), first);
+  EXPECT_EQ(dstProxyRef(ref), made);
+  ASSERT_TRUE(
+      updateProxy(dst, {"main"}));  // not published: the next import starts again at `first`
+
+  struct Case {
+    std::string name;
+    std::vector<std::string> pieces;
+    bool kill;
+    std::string message;  // in the error
+  };
+  std::vector<Case> cases = {
+      {"garbage after a good commit", {good, "this is no command\n"}, false, "fatal:"},
+      {"cut inside a data block", {good.substr(0, good.size() - 3)}, false, "data block"},
+      {"a parent nobody defined",
+       {"commit " + ref +
+        "\nmark :50\nauthor A <a@b> 1 +0000\n"
+        "committer A <a@b> 1 +0000\ndata 0\nfrom :40\n\n"},
+       false,
+       ":40"},
+      {"another ref",
+       {"reset refs/pefnos/2/main\nfrom " + known + "\n\n"},
+       false,
+       "refs/pefnos/2/main"},
+      {"a tag",
+       {good, "tag v1\nfrom " + mark + "\ntagger A <a@b> 1 +0000\ndata 0\n"},
+       false,
+       "tag"},
+      {"a checkpoint", {good, "checkpoint\n"}, false, "checkpoint"},
+      {"killed", {good}, true, "abandoned"},
+  };
+  for (const auto& c : cases) {
+    auto broken = import(c.pieces, c.kill);
+    ASSERT_FALSE(broken) << c.name;
+    EXPECT_NE(broken.error().message.find(c.message), std::string::npos)
+        << c.name << ": " << broken.error().message;
+    EXPECT_EQ(dstProxyRef(ref), first) << c.name << ": the ref moved";
+  }
+  for (const auto& entry : fs::directory_iterator(dst.proxy))
+    EXPECT_EQ(entry.path().filename().string().rfind("fast_import_crash_", 0), std::string::npos)
+        << "a crash report was left in the proxy";
+  EXPECT_EQ(git(src_up, {"--git-dir=" + dst_up, "rev-parse", "refs/heads/main"}), first);
+}
+
+TEST_F(VcsGitMirrorTest, AnImportThatCannotStartRefusesItsWritesAndSaysWhy) {
+  // No updateProxy: the target's proxy does not exist.
+  std::optional<bool> written;
+  auto failed = await<Result<Imported>>([&](auto done) {
+    auto imp = vcs->fastImport(dst, importSpec(), done);
+    ASSERT_TRUE(imp);
+    imp->write("blob\nmark :1\ndata 0\n", [&](bool ok) { written = ok; });
+  });
+  ASSERT_FALSE(failed);
+  EXPECT_NE(failed.error().message.find("not a git repository"), std::string::npos)
+      << failed.error().message;
+  for (int i = 0; i < 10 && !written; ++i) uv_run(&loop, UV_RUN_NOWAIT);
+  EXPECT_EQ(written, std::optional<bool>(false));
+  EXPECT_FALSE(fs::exists(dst.proxy));
+}
+
+TEST_F(VcsGitMirrorTest, AMessageWithAnEncodingHeaderIsReencodedToUtf8) {
+  commitFile(src_up, "a.txt", "root");
+  writeFile(fs::path(src_up) / "b.txt", "b\n");
+  git(src_up, {"add", "-A"});
+  git(src_up, {"-c", "i18n.commitEncoding=ISO-8859-1", "commit", "-q", "-m", "caf\xe9 latin-1"});
+  std::string head = git(src_up, {"rev-parse", "HEAD"});
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ASSERT_TRUE(updateProxy(dst, {}));
+  auto m = mirror(exportSpec(head), importSpec());
+  ASSERT_TRUE(m.imported) << m.imported.error().message;
+  std::string mirrored = m.imported->marks.back().second;
+  EXPECT_NE(mirrored, head) << "the message's bytes changed, so the id did";
+  std::string dst_git = "--git-dir=" + dst.proxy;
+  EXPECT_EQ(git(src_up, {dst_git, "log", "-1", "--format=%B", mirrored}), "caf\xc3\xa9 latin-1");
+  EXPECT_EQ(git(src_up, {dst_git, "rev-parse", mirrored + "^{tree}"}),
+            git(src_up, {"rev-parse", head + "^{tree}"}));
+  EXPECT_EQ(git(src_up, {dst_git, "cat-file", "commit", mirrored}).find("encoding "),
+            std::string::npos);
+}
+
+// ---- The stream filters, fed in every way a stream can be cut ---------------
+
+// Feeds the stream whole, byte by byte, and cut in two at every position;
+// every way must give the same output (or an error).
+template <class Filter, class Make>
+std::string filtered(Make make, const std::string& stream, Status* status = nullptr) {
+  std::string whole;
+  Filter f = make();
+  Status s = f.feed(stream, whole);
+  if (s) s = f.finish();
+  if (status) *status = s;
+  std::vector<std::vector<size_t>> cuts;
+  std::vector<size_t> bytes;
+  for (size_t i = 1; i < stream.size(); ++i) {
+    cuts.push_back({i});
+    bytes.push_back(i);
+  }
+  cuts.push_back(bytes);
+  for (const auto& cut : cuts) {
+    Filter g = make();
+    std::string out;
+    Status t = ok();
+    size_t at = 0;
+    for (size_t c : cut) {
+      if (t) t = g.feed(std::string_view(stream).substr(at, c - at), out);
+      at = c;
+    }
+    if (t) t = g.feed(std::string_view(stream).substr(at), out);
+    if (t) t = g.finish();
+    EXPECT_EQ(static_cast<bool>(t), static_cast<bool>(s)) << "cut at " << cut.front();
+    if (s && t) {
+      EXPECT_EQ(out, whole) << "cut at " << cut.front();
+    }
+  }
+  return whole;
+}
+
+TEST(GitStreamTest, ExportFilterDropsTheOriginalIdsOfBlobsOnly) {
+  std::string stream =
+      "blob\nmark :1\noriginal-oid 1111\ndata 14\noriginal-oid x\n\n"
+      "reset refs/m\ncommit refs/m\nmark :2\noriginal-oid 2222\n"
+      "author A <a@b> 1 +0000\ncommitter A <a@b> 1 +0000\ndata 4\nmsg\n"
+      "M 100644 :1 f\n\n";
+  git::ExportFilter f;
+  std::string out = filtered<git::ExportFilter>([] { return git::ExportFilter(); }, stream);
+  EXPECT_EQ(out,
+            "blob\nmark :1\ndata 14\noriginal-oid x\n\n"
+            "reset refs/m\ncommit refs/m\nmark :2\noriginal-oid 2222\n"
+            "author A <a@b> 1 +0000\ncommitter A <a@b> 1 +0000\ndata 4\nmsg\n"
+            "M 100644 :1 f\n\n");
+  ASSERT_TRUE(f.feed(stream, out));
+  EXPECT_EQ(f.commits(), 1u);
+  EXPECT_EQ(f.lastOriginal(), "2222");
+}
+
+TEST(GitStreamTest, ExportFilterDropsTheDeletionOfAFileThatBecameADirectory) {
+  // git 2.39 writes a commit's changes deepest first: `M x/y` before `D x`.
+  std::string stream =
+      "commit refs/m\nmark :2\ndata 0\nfrom :1\n"
+      "M 100644 :1 thing/inside.txt\nM 100644 :1 \"q\\tdir/f\"\nD thing\nD \"q\\tdir\"\n"
+      "D old/y\nM 100644 :1 old\nD other\n\n"
+      "commit refs/m\nmark :3\ndata 0\nfrom :2\nD thing\n\n";
+  std::string out = filtered<git::ExportFilter>([] { return git::ExportFilter(); }, stream);
+  EXPECT_EQ(out,
+            "commit refs/m\nmark :2\ndata 0\nfrom :1\n"
+            "M 100644 :1 thing/inside.txt\nM 100644 :1 \"q\\tdir/f\"\n"
+            "D old/y\nM 100644 :1 old\nD other\n\n"
+            "commit refs/m\nmark :3\ndata 0\nfrom :2\nD thing\n\n");
+}
+
+TEST(GitStreamTest, ImportFilterNamesKnownParentsByIdAndCollectsCommitMarks) {
+  std::string id(40, 'e');
+  auto make = [&] { return git::ImportFilter("refs/m", {{1, id}}); };
+  std::string stream =
+      "blob\nmark :3\ndata 5\nfrom \n"
+      "commit refs/m\nmark :4\ncommitter A <a@b> 1 +0000\ndata 10\nmerge :1\n\n"
+      "from :1\nM 100644 :3 f\n\n"
+      "commit refs/m\nmark :5\ncommitter A <a@b> 1 +0000\ndata 0\nfrom :4\nmerge :1\n"
+      "done\n";
+  Status s = ok();
+  std::string out = filtered<git::ImportFilter>(make, stream, &s);
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(out,
+            "blob\nmark :3\ndata 5\nfrom \n"
+            "commit refs/m\nmark :4\ncommitter A <a@b> 1 +0000\ndata 10\nmerge :1\n\n"
+            "from " +
+                id +
+                "\nM 100644 :3 f\n\n"
+                "commit refs/m\nmark :5\ncommitter A <a@b> 1 +0000\ndata 0\nfrom :4\nmerge " +
+                id + "\n");
+  auto f = make();
+  std::string o;
+  ASSERT_TRUE(f.feed(stream, o));
+  EXPECT_EQ(f.commitMarks(), (std::vector<uint64_t>{4, 5}));
+
+  for (std::string bad :
+       {"commit refs/other\n", "reset refs/other\n", "mark :1\n", "blob\nmark :3\nblob\nmark :3\n",
+        "from :9\n", "from refs/x\n", "tag v\n", "feature force\n", "option git --force\n",
+        "checkpoint\n", "cat-blob :1\n", "ls \"x\"\n", "get-mark :1\n", "data <<EOF\n",
+        "data x\n"}) {
+    Status st = ok();
+    filtered<git::ImportFilter>(make, bad, &st);
+    EXPECT_FALSE(st) << bad;
+  }
+  Status cut = ok();
+  filtered<git::ImportFilter>(make, "blob\nmark :3\ndata 5\nab", &cut);
+  EXPECT_FALSE(cut) << "a stream that ends inside a data block";
+}
+
+TEST(GitStreamTest, GetMarkAnswersSkipProgressAndMustAllBeThere) {
+  std::string a(40, 'a'), b(40, 'b');
+  auto ids = git::parseGetMarks("progress 1\n" + a + "\nprogress x\n" + b + "\n", 2);
+  ASSERT_TRUE(ids) << ids.error().message;
+  EXPECT_EQ(*ids, (std::vector<std::string>{a, b}));
+  EXPECT_FALSE(git::parseGetMarks(a + "\n", 2));
+  EXPECT_FALSE(git::parseGetMarks(a + "\nnot an id\n", 2));
 }
 
 }  // namespace

@@ -679,5 +679,354 @@ TEST_F(SvnVcsTest, NoCallbackAfterTheVcsIsDestroyed) {
   EXPECT_EQ(called, 0);
 }
 
+// ---------------------------------------------------------- fast-export
+
+// A fast-import stream's commits as the test reads them back (command lines only).
+struct StreamCommit {
+  uint64_t mark = 0;
+  std::string original;              // original-oid: the svn revision id
+  std::vector<std::string> parents;  // from values
+  bool reset_before = false;
+};
+
+std::vector<StreamCommit> commitsOf(const std::string& stream) {
+  std::vector<StreamCommit> commits;
+  bool reset = false, in_commit = false;
+  size_t at = 0;
+  while (at < stream.size()) {
+    size_t nl = stream.find('\n', at);
+    if (nl == std::string::npos) nl = stream.size();
+    std::string line = stream.substr(at, nl - at);
+    at = nl + 1;
+    if (line.rfind("data ", 0) == 0) {
+      at += std::stoull(line.substr(5));
+      continue;
+    }
+    if (line.rfind("reset ", 0) == 0) {
+      reset = true;
+    } else if (line.rfind("commit ", 0) == 0) {
+      commits.push_back({});
+      commits.back().reset_before = reset;
+      in_commit = true;
+      reset = false;
+    } else if (in_commit && line.rfind("mark :", 0) == 0 && commits.back().mark == 0) {
+      commits.back().mark = std::stoull(line.substr(6));
+    } else if (in_commit && line.rfind("original-oid ", 0) == 0) {
+      commits.back().original = line.substr(13);
+    } else if (in_commit && (line.rfind("from ", 0) == 0 || line.rfind("merge ", 0) == 0)) {
+      commits.back().parents.push_back(line.substr(line.find(' ') + 1));
+    }
+  }
+  return commits;
+}
+
+// Everything a mirror must carry from svn, in history that branches from an
+// old trunk revision: executable bits (set, then dropped), a symlink, a
+// rename, a file that becomes a directory, an empty directory, line ends by
+// svn:eol-style, unexpanded keywords, non-ASCII names and a path with a quote.
+struct MirrorHistory {
+  SvnRepository repo;
+  svn::Revnum layout, files, reshaped, modes, elsewhere, branched, on_branch, on_trunk;
+  MirrorHistory() {
+    const std::string u = repo.url(), t = repo.wc() + "/trunk";
+    layout = repo.run({"mkdir", "-q", "-m", "layout", "--", u + "/trunk", u + "/branches"});
+    writeFile(t + "/a.txt", "hello $Id$\n");
+    writeFile(t + "/run.sh", "#!/bin/sh\necho hi\n", true);
+    writeFile(t + "/thing", "a file, for now\n");
+    writeFile(t + "/dir/keep.txt", "keep\n");
+    writeFile(t + "/crlf.txt", "one\ntwo\n");
+    std::string big;  // more than one piece of the exporter, line ends translated
+    for (int i = 0; big.size() < 300000; ++i) big += "line " + std::to_string(i) + "\n";
+    writeFile(t + "/big.txt", big);
+    writeFile(t + "/sub dir/é \"q\".txt", "unicode\n");
+    fs::create_directories(t + "/empty");
+    fs::create_symlink("a.txt", t + "/link");
+    must({"svn", "add", "-q", "--force", "--", t});
+    must({"svn", "propset", "-q", "svn:keywords", "Id", t + "/a.txt"});
+    must({"svn", "propset", "-q", "svn:eol-style", "CRLF", t + "/crlf.txt"});
+    must({"svn", "propset", "-q", "svn:eol-style", "CRLF", t + "/big.txt"});
+    files = repo.commit("files");
+    must({"svn", "move", "-q", "--", t + "/a.txt", t + "/renamed.txt"});
+    must({"svn", "rm", "-q", "--", t + "/thing"});
+    writeFile(t + "/thing/inside.txt", "now a directory\n");
+    reshaped = repo.commit("rename, and a file becomes a directory");
+    must({"svn", "propdel", "-q", "svn:executable", t + "/run.sh"});
+    writeFile(t + "/crlf.txt", "one\ntwo\nthree\n");
+    modes = repo.commit("no longer executable");
+    elsewhere = repo.run({"mkdir", "-q", "-m", "elsewhere", "--", u + "/other"});
+    branched = repo.run({"copy", "-q", "-m", "branch from old trunk", "--",
+                         u + "/trunk@" + std::to_string(files), u + "/branches/old"});
+    writeFile(repo.wc() + "/branches/old/branch.txt", "on the branch\n");
+    must({"svn", "rm", "-q", "--", repo.wc() + "/branches/old/dir"});
+    on_branch = repo.commit("work on the old branch");
+    writeFile(t + "/later.txt", "later\n");
+    on_trunk = repo.commit("later on trunk");
+  }
+};
+
+class SvnExportTest : public SvnVcsTest {
+ protected:
+  static void SetUpTestSuite() {
+    setenv("GIT_CONFIG_GLOBAL", "/dev/null", 1);
+    setenv("GIT_CONFIG_NOSYSTEM", "1", 1);
+  }
+  void SetUp() override {
+    SvnVcsTest::SetUp();
+    git_dir = git_tmp.path() + "/mirror.git";
+    must({"git", "init", "-q", "--bare", git_dir});
+  }
+
+  struct Exported {
+    Status exported = Error{"no answer"};
+    ProcessResult imported;
+    std::string stream;
+  };
+
+  // Pipes the plugin's fastExport into a real `git fast-import` that the test
+  // runs, as the host does: the export is paused while a chunk is written.
+  Exported exportIntoGit(const Repo& r, ExportSpec e) {
+    Exported x;
+    std::string marks = git_tmp.path() + "/marks";
+    ProcessSpec p;
+    p.argv = {"git", "--git-dir=" + git_dir, "fast-import", "--quiet", "--export-marks=" + marks};
+    if (fs::exists(marks)) p.argv.push_back("--import-marks=" + marks);
+    p.stdin_pipe = true;
+    std::shared_ptr<Running> importer, exporter;
+    int pending = 0;
+    bool ended = false;
+    auto maybeClose = [&] {
+      if (!ended || pending > 0) return;
+      if (x.exported)
+        importer->closeInput();
+      else
+        importer->kill();
+    };
+    x.imported = await<ProcessResult>([&](auto done) {
+      importer = host->run(p, done);
+      exporter = vcs->fastExport(
+          r, e,
+          [&](std::string_view chunk) {
+            x.stream.append(chunk);
+            ++pending;
+            exporter->pause();
+            importer->write(std::string(chunk), [&](bool) {
+              if (--pending > 0) return;
+              exporter->resume();
+              maybeClose();
+            });
+          },
+          [&](Status s) {
+            x.exported = std::move(s);
+            ended = true;
+            maybeClose();
+          });
+      ASSERT_TRUE(exporter);
+    });
+    return x;
+  }
+
+  std::string gitTree(const std::string& commit) {
+    auto out = must({"git", "--git-dir=" + git_dir, "rev-parse", commit + "^{tree}"});
+    return out.substr(0, out.find('\n'));
+  }
+  std::string gitCommit(uint64_t mark) {  // from fast-import's marks file
+    std::ifstream in(git_tmp.path() + "/marks");
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind(":" + std::to_string(mark) + " ", 0) == 0)
+        return line.substr(line.find(' ') + 1);
+    return "";
+  }
+
+  // Every commit of the stream has the tree the plugin's digest gives its
+  // revision, and the parents listCommits gives it.
+  void expectMirrored(const Repo& r, const std::string& stream,
+                      const std::map<std::string, uint64_t>& known) {
+    std::map<std::string, uint64_t> marks = known;
+    for (const auto& c : commitsOf(stream)) {
+      marks[c.original] = c.mark;
+      auto digest = treeDigest(r, c.original);
+      ASSERT_TRUE(digest) << digest.error().message;
+      EXPECT_EQ(gitTree(gitCommit(c.mark)), *digest) << c.original;
+      auto info = listCommits(r, c.original, {}, 1);
+      ASSERT_TRUE(info && info->size() == 1) << c.original;
+      std::vector<std::string> parents;
+      for (const auto& p : info->front().parents) parents.push_back(":" + std::to_string(marks[p]));
+      EXPECT_EQ(c.parents, parents) << c.original;
+      EXPECT_EQ(c.reset_before, parents.empty()) << c.original;
+    }
+  }
+
+  test::TempDir git_tmp{"pefnos-svn-git"};
+  std::string git_dir;
+};
+
+TEST_F(SvnExportTest, EveryMirroredCommitHasTheTreeDigestOfItsRevision) {
+  MirrorHistory h;
+  auto r = repoFor(h.repo.url(), standardLayout());
+  ASSERT_TRUE(updateProxy(r, {}));
+  std::string branch = "branches/old@" + std::to_string(h.on_branch);
+  auto x = exportIntoGit(r, ExportSpec{"branches/old", branch, "refs/heads/old", {}, 1});
+  ASSERT_TRUE(x.exported) << x.exported.error().message;
+  ASSERT_TRUE(x.imported.ok()) << x.imported.describe("git fast-import");
+
+  // The branch's history as listCommits tells it: back through the copy to old trunk.
+  auto commits = commitsOf(x.stream);
+  std::vector<std::string> ids;
+  for (const auto& c : commits) ids.push_back(c.original);
+  auto layout = "trunk@" + std::to_string(h.layout), files = "trunk@" + std::to_string(h.files);
+  EXPECT_EQ(ids, (std::vector<std::string>{layout, files,
+                                           "branches/old@" + std::to_string(h.branched), branch}));
+  EXPECT_EQ(commits[0].mark, 1u);
+  expectMirrored(r, x.stream, {});
+  EXPECT_EQ(must({"git", "--git-dir=" + git_dir, "rev-parse", "refs/heads/old"}),
+            gitCommit(commits.back().mark) + "\n");
+
+  // What the tree holds, in git's terms.
+  std::string listing = must({"git", "--git-dir=" + git_dir, "ls-tree", "-r", gitCommit(2)});
+  EXPECT_NE(listing.find("100755 blob"), std::string::npos) << listing;
+  EXPECT_NE(listing.find("120000 blob"), std::string::npos) << listing;
+  EXPECT_EQ(listing.find("empty"), std::string::npos) << "empty directories vanish";
+  EXPECT_EQ(must({"git", "--git-dir=" + git_dir, "show", gitCommit(2) + ":crlf.txt"}),
+            "one\r\ntwo\r\n");
+  EXPECT_EQ(must({"git", "--git-dir=" + git_dir, "show", gitCommit(2) + ":a.txt"}), "hello $Id$\n");
+  // Author and date as listCommits gives them: the svn user as name and email, UTC.
+  auto info = listCommits(r, files, {}, 1);
+  ASSERT_TRUE(info) << info.error().message;
+  const auto& c = info->front();
+  EXPECT_EQ(
+      must({"git", "--git-dir=" + git_dir, "log", "-1", "--format=%an <%ae>|%B|%aI|%cn",
+            gitCommit(2)}),
+      c.author + " <" + c.author + ">|" + c.message + "|" + c.author_date + "|" + c.author + "\n");
+}
+
+TEST_F(SvnExportTest, TrunkWithARenameAFileThatBecomesADirectoryAndModeChanges) {
+  MirrorHistory h;
+  auto r = repoFor(h.repo.url(), standardLayout());
+  ASSERT_TRUE(updateProxy(r, {}));
+  std::string trunk = "trunk@" + std::to_string(h.on_trunk);
+  auto x = exportIntoGit(r, ExportSpec{"trunk", trunk, "refs/heads/trunk", {}, 1});
+  ASSERT_TRUE(x.exported) << x.exported.error().message;
+  ASSERT_TRUE(x.imported.ok()) << x.imported.describe("git fast-import");
+  EXPECT_EQ(commitsOf(x.stream).size(), 5u);
+  expectMirrored(r, x.stream, {});
+  std::string reshaped = gitCommit(commitsOf(x.stream)[2].mark);
+  std::string listing =
+      must({"git", "--git-dir=" + git_dir, "ls-tree", "-r", "--name-only", reshaped});
+  EXPECT_NE(listing.find("thing/inside.txt"), std::string::npos) << listing;
+  EXPECT_NE(listing.find("renamed.txt"), std::string::npos) << listing;
+  EXPECT_EQ(listing.find("a.txt\n"), std::string::npos) << listing;
+}
+
+TEST_F(SvnExportTest, IncrementalExportBuildsOnKnownMarksAndKnownIsNothing) {
+  MirrorHistory h;
+  auto r = repoFor(h.repo.url(), standardLayout());
+  ASSERT_TRUE(updateProxy(r, {}));
+  std::string trunk = "trunk@" + std::to_string(h.modes);
+  auto first = exportIntoGit(r, ExportSpec{"trunk", trunk, "refs/heads/trunk", {}, 1});
+  ASSERT_TRUE(first.exported) << first.exported.error().message;
+  ASSERT_TRUE(first.imported.ok()) << first.imported.describe("git fast-import");
+  std::vector<std::pair<std::string, uint64_t>> known;
+  uint64_t highest = 0;
+  for (const auto& c : commitsOf(first.stream)) {
+    known.emplace_back(c.original, c.mark);
+    highest = std::max(highest, c.mark);
+  }
+  ASSERT_EQ(known.size(), 4u);
+
+  // The branch, copied from an old trunk revision the target already has.
+  std::string branch = "branches/old@" + std::to_string(h.on_branch);
+  auto second =
+      exportIntoGit(r, ExportSpec{"branches/old", branch, "refs/heads/old", known, highest + 1});
+  ASSERT_TRUE(second.exported) << second.exported.error().message;
+  ASSERT_TRUE(second.imported.ok()) << second.imported.describe("git fast-import");
+  auto commits = commitsOf(second.stream);
+  ASSERT_EQ(commits.size(), 2u) << second.stream;
+  EXPECT_EQ(commits[0].original, "branches/old@" + std::to_string(h.branched));
+  EXPECT_EQ(commits[0].mark, highest + 1);
+  EXPECT_EQ(commits[0].parents, std::vector<std::string>{":2"}) << "trunk@files, known";
+  EXPECT_FALSE(commits[0].reset_before);
+  std::map<std::string, uint64_t> known_map(known.begin(), known.end());
+  expectMirrored(r, second.stream, known_map);
+
+  // Trunk again, from where the first run stopped.
+  auto third = exportIntoGit(r, ExportSpec{"trunk", "trunk@" + std::to_string(h.on_trunk),
+                                           "refs/heads/trunk", known, highest + 10});
+  ASSERT_TRUE(third.exported) << third.exported.error().message;
+  ASSERT_TRUE(third.imported.ok()) << third.imported.describe("git fast-import");
+  auto later = commitsOf(third.stream);
+  ASSERT_EQ(later.size(), 1u);
+  EXPECT_EQ(later[0].mark, highest + 10);
+  EXPECT_EQ(later[0].parents, std::vector<std::string>{":" + std::to_string(known_map[trunk])});
+  expectMirrored(r, third.stream, known_map);
+
+  // Known: nothing at all, not even a process.
+  size_t before = host->argvs.size();
+  size_t chunks = 0;
+  auto nothing = await<Status>([&](auto done) {
+    EXPECT_TRUE(vcs->fastExport(
+        r, ExportSpec{"trunk", trunk, "refs/heads/trunk", known, 99},
+        [&](std::string_view) { ++chunks; }, done));
+  });
+  EXPECT_TRUE(nothing) << nothing.error().message;
+  EXPECT_EQ(chunks, 0u);
+  EXPECT_EQ(host->argvs.size(), before);
+}
+
+TEST_F(SvnExportTest, ARepositorySubdirectoryExportsWithItsOwnNames) {
+  SvnRepository repo;
+  const std::string u = repo.url();
+  repo.run({"mkdir", "-q", "--parents", "-m", "two projects", "--", u + "/other/trunk",
+            u + "/my proj/trunk", u + "/my proj/branches"});
+  writeFile(repo.wc() + "/my proj/trunk/f.txt", "f\n");
+  auto files = repo.commit("f");
+  writeFile(repo.wc() + "/other/trunk/g.txt", "g\n");
+  repo.commit("other project");
+  auto branch = repo.run(
+      {"copy", "-q", "-m", "b", "--", u + "/my%20proj/trunk", u + "/my%20proj/branches/b"});
+  auto r = repoFor(u + "/my%20proj", standardLayout());
+  ASSERT_TRUE(updateProxy(r, {}));
+  std::string head = "branches/b@" + std::to_string(branch);
+  auto x = exportIntoGit(r, ExportSpec{"branches/b", head, "refs/heads/b", {}, 1});
+  ASSERT_TRUE(x.exported) << x.exported.error().message;
+  ASSERT_TRUE(x.imported.ok()) << x.imported.describe("git fast-import");
+  std::vector<std::string> ids;
+  for (const auto& c : commitsOf(x.stream)) ids.push_back(c.original);
+  EXPECT_EQ(ids, (std::vector<std::string>{"trunk@1", "trunk@" + std::to_string(files), head}));
+  expectMirrored(r, x.stream, {});
+}
+
+TEST_F(SvnExportTest, BadRequestsAreErrors) {
+  MirrorHistory h;
+  auto r = repoFor(h.repo.url(), standardLayout());
+  ASSERT_TRUE(updateProxy(r, {}));
+  auto run = [&](ExportSpec e) {
+    return await<Status>([&](auto done) {
+      vcs->fastExport(
+          r, e, [](std::string_view) {}, done);
+    });
+  };
+  std::string trunk = "trunk@" + std::to_string(h.modes);
+  // Not a revision in which trunk changed: its id would not be listCommits'.
+  auto odd =
+      run(ExportSpec{"trunk", "trunk@" + std::to_string(h.elsewhere), "refs/heads/t", {}, 1});
+  ASSERT_FALSE(odd);
+  EXPECT_NE(odd.error().message.find("trunk@" + std::to_string(h.modes)), std::string::npos)
+      << odd.error().message;
+  EXPECT_FALSE(run(ExportSpec{"trunk", "trunk@999", "refs/heads/t", {}, 1}));
+  EXPECT_FALSE(run(ExportSpec{"trunk", "nowhere@3", "refs/heads/t", {}, 1}));
+  size_t before = host->argvs.size();
+  EXPECT_FALSE(run(ExportSpec{"trunk", trunk, "refs/heads/t\ncommit x", {}, 1}));
+  EXPECT_FALSE(run(ExportSpec{"trunk", "-x@1", "refs/heads/t", {}, 1}));
+  EXPECT_FALSE(run(ExportSpec{"trunk", trunk, "refs/heads/t", {{"trunk@1", 4}}, 4}));
+  EXPECT_EQ(host->argvs.size(), before) << "refused before any process";
+  // The target has a revision of the history without its mark.
+  auto gap = run(
+      ExportSpec{"trunk", trunk, "refs/heads/t", {{"trunk@" + std::to_string(h.reshaped), 1}}, 2});
+  EXPECT_TRUE(gap) << "known: trunk@reshaped; exports only what follows it";
+  auto wrong = run(ExportSpec{"trunk", trunk, "refs/heads/t", {{"trunk@999", 1}}, 2});
+  ASSERT_FALSE(wrong) << "a known revision of trunk newer than what is exported";
+  EXPECT_NE(wrong.error().message.find("incomplete"), std::string::npos) << wrong.error().message;
+}
+
 }  // namespace
 }  // namespace pefnos
