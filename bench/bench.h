@@ -50,5 +50,6 @@ int runPollGit();
 int runPollBzrSvn();
 int runBuilds();
 int runLogs();
+int runMirror();
 
 }  // namespace pefnos::bench

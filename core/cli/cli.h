@@ -62,6 +62,9 @@ int workerSecret(const DbArgs& db, const std::string& name, const std::string& s
 int ctlStatus(const DbArgs& db, bool as_json);
 // `pefnos ctl token create|revoke NAME`.
 int apiToken(const DbArgs& db, const std::string& name, bool create);
+// `pefnos ctl mirror-now MIRROR` and `pefnos ctl verify MIRROR --all` (by name or id).
+int ctlMirrorNow(const DbArgs& db, const std::string& mirror, bool wait, int timeout_seconds);
+int ctlVerify(const DbArgs& db, const std::string& mirror, bool all, int timeout_seconds);
 int runUp(const ServeArgs& args);
 int runMaster(const ServeArgs& args);
 // `pefnos plugins list`: what loads and what is refused, and why.

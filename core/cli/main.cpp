@@ -290,6 +290,18 @@ int main(int argc, char** argv) {
   long long stop_build = 0;
   auto* stop = ctl->add_subcommand("stop", "stop a running build");
   stop->add_option("build", stop_build, "build id")->required();
+  std::string mirror_name;
+  bool verify_all = false;
+  auto* mirror_now = ctl->add_subcommand("mirror-now", "run a mirror at once (pefnos.mirror_now): "
+                                                       "whatever its delay, even after a failure");
+  mirror_now->add_option("mirror", mirror_name, "mirror name or id")->required();
+  auto* verify = ctl->add_subcommand(
+      "verify", "re-verify a mirror: every carried revision's tree and metadata on both sides "
+                "(pefnos.verify_mirror); prints progress, exits 2 if anything differs");
+  verify->add_option("mirror", mirror_name, "mirror name or id")->required();
+  verify->add_flag("--all", verify_all, "every revision the mirror has carried (required)");
+  addDbOptions(verify, ctl_args);
+  verify->add_option("--timeout", timeout, "seconds to wait")->capture_default_str();
   std::string secret_worker, secret_file;
   auto* worker_secret = ctl->add_subcommand(
       "worker-secret", "set a worker's secret: its verifier (never the secret) goes into "
@@ -312,7 +324,7 @@ int main(int argc, char** argv) {
     c->add_option("name", token_name, "the token's name")->required();
     addDbOptions(c, ctl_args);
   }
-  for (auto* c : {ping, reload, poll_now, command, force, stop}) {
+  for (auto* c : {ping, reload, poll_now, command, force, stop, mirror_now}) {
     addDbOptions(c, ctl_args);
     c->add_flag("--wait", wait, "wait for the outcome and print it");
     c->add_option("--timeout", timeout, "seconds to wait")->capture_default_str();
@@ -364,6 +376,8 @@ int main(int argc, char** argv) {
       if (!force_revision.empty()) a["revision"] = force_revision;
       return ctlCommand(ctl_args, "force-build", a.dump(), wait, timeout);
     }
+    if (*mirror_now) return ctlMirrorNow(ctl_args, mirror_name, wait, timeout);
+    if (*verify) return ctlVerify(ctl_args, mirror_name, verify_all, timeout);
     if (*stop) return ctlCommand(ctl_args, "stop-build", nlohmann::json{{"build", stop_build}}.dump(), wait, timeout);
     if (*master) return runMaster(master_args);
     if (*migrate) return dbMigrate(db_args);

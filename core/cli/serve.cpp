@@ -104,7 +104,8 @@ void demoSvn(std::vector<std::string> args) {
 
 // The demo configuration, with its repositories made real under dir on
 // first use: demo.git (main and feature/hello) and a fork of it, a Bazaar
-// branch (demo-bzr, its one branch is "trunk") and a Subversion repository
+// branch (demo-bzr, its one branch is "trunk", mirrored into the git
+// repository demo-bzr-mirror.git) and a Subversion repository
 // with the usual layout (demo-svn: trunk and branches/hello).
 nlohmann::json demoConfiguration(const std::string& file, const std::filesystem::path& dir) {
   std::ifstream in(file);
@@ -135,6 +136,9 @@ nlohmann::json demoConfiguration(const std::string& file, const std::filesystem:
     demoBrz({"add", "-q", bzr});
     demoBrz({"commit", "-q", "-m", "Start the Bazaar demo", bzr});
   }
+  // The git repository the Bazaar branch is mirrored into (demo-bzr-to-git).
+  const std::string bzr_mirror = (dir / "demo-bzr-mirror.git").string();
+  if (!std::filesystem::exists(bzr_mirror)) demoGit({"init", "-q", "--bare", bzr_mirror});
   const std::string svn = (dir / "demo-svn").string(), svn_url = "file://" + svn;
   if (!std::filesystem::exists(svn)) {
     log::info("pefnos", "creating the demo Subversion repository in ", svn);
@@ -152,6 +156,7 @@ nlohmann::json demoConfiguration(const std::string& file, const std::filesystem:
       if (repo["name"] == "demo") repo["url"] = upstream;
       if (repo["name"] == "demo-fork") repo["url"] = fork;
       if (repo["name"] == "demo-bzr") repo["url"] = bzr;
+      if (repo["name"] == "demo-bzr-mirror") repo["url"] = bzr_mirror;
       if (repo["name"] == "demo-svn") repo["url"] = svn_url;
     }
   }

@@ -29,6 +29,7 @@ void Master::teardown() {
   // Users of the database first: a delivery must never reach a dead room.
   web_.reset();
   builds_.reset();
+  mirrors_.reset();
   scheduler_.reset();
   runner_.reset();
   model_.reset();
@@ -140,6 +141,26 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
     if (!c.args.contains(key) || !c.args[key].is_number_integer()) return std::nullopt;
     return c.args[key].get<long long>();
   };
+  if (options_.mirrors) {
+    mirror::Mirrors::Options mopts;
+    mopts.master = options_.name;
+    mirrors_ = std::make_unique<mirror::Mirrors>(loop_, *db_, *model_, *scheduler_, mopts);
+  }
+  // A mirror row inserted just before its command may not have reached the model yet.
+  auto withMirror = [this, intArg](const commands::Command& c, commands::Reply reply,
+                                   std::function<void(int)> fn) {
+    auto id = intArg(c, "mirror");
+    if (!id) return reply(Error{c.kind + " needs {\"mirror\": ID}"});
+    if (!mirrors_) return reply(Error{"this master runs no mirrors"});
+    if (model_->mirror(static_cast<int>(*id))) return fn(static_cast<int>(*id));
+    model_->reload([fn, id](Result<int>) { fn(static_cast<int>(*id)); });
+  };
+  runner_->handle("mirror-now", [this, withMirror](const commands::Command& c, commands::Reply reply) {
+    withMirror(c, reply, [this, reply](int id) { mirrors_->runNow(id, reply); });
+  });
+  runner_->handle("mirror-verify", [this, withMirror](const commands::Command& c, commands::Reply reply) {
+    withMirror(c, reply, [this, reply](int id) { mirrors_->verifyAll(id, reply); });
+  });
   runner_->handle("force-build", [this, intArg](const commands::Command& c, commands::Reply reply) {
     auto builder = intArg(c, "builder"), branch = intArg(c, "branch");
     if (!builder || !branch) return reply(Error{"force-build needs {\"builder\": ID, \"branch\": ID}"});
@@ -183,6 +204,7 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
     if (scheduler_ && !scheduler_started_) {
       scheduler_started_ = true;
       scheduler_->start();
+      if (mirrors_) mirrors_->start();
       runner_->start();
       startWeb();
       if (!builds_) {

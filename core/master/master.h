@@ -18,6 +18,7 @@
 #include "core/loop/loop.h"
 #include "core/plugin/plugin.h"
 #include "core/builds/builds.h"
+#include "core/mirror/mirror.h"
 #include "core/web/web.h"
 #include "core/scheduler/scheduler.h"
 
@@ -34,6 +35,8 @@ struct Options {
   std::string workers_listen = "127.0.0.1:7420";
   // The JSON API and metrics ("HOST:PORT"; port 0 picks one, logged); empty: none.
   std::string http_listen;
+  // Mirrors run on this master (several masters share them through leases).
+  bool mirrors = true;
 };
 
 // `hostname` of this machine: the default master name.
@@ -79,6 +82,7 @@ class Master {
   std::unique_ptr<plugin::Registry> plugins_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::unique_ptr<builds::Builds> builds_;
+  std::unique_ptr<mirror::Mirrors> mirrors_;
   std::unique_ptr<web::Web> web_;
   std::function<void()> on_serving_;
   loop::Timer heartbeat_timer_;

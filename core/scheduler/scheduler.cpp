@@ -175,26 +175,26 @@ Reconciled reconcileBranches(pqxx::work& tx, int repository_id, const std::vecto
 
 }  // namespace
 
+Result<Scheduler::Resolved> Scheduler::resolve(int repository_id) {
+  auto row = model_.repository(repository_id);
+  if (!row) return Error{"no repository with id " + std::to_string(repository_id)};
+  auto root = networkRoot(*row);
+  if (!root) return root.error();
+  auto& vcs = vcs_[row->vcs];
+  if (!vcs) vcs = plugins_.makeVcs(row->vcs);
+  if (!vcs) return Error{"no VCS plugin named '" + row->vcs + "' is loaded"};
+  return Resolved{vcs, repoFor(*row, *root)};
+}
+
 std::shared_ptr<Running> Scheduler::exportTree(int repository_id, const std::string& revision,
                                                std::function<void(std::string_view)> on_chunk,
                                                std::function<void(Status)> done) {
-  auto row = model_.repository(repository_id);
-  if (!row) {
-    done(Error{"no repository with id " + std::to_string(repository_id)});
+  auto r = resolve(repository_id);
+  if (!r) {
+    done(r.error());
     return nullptr;
   }
-  auto root = networkRoot(*row);
-  if (!root) {
-    done(root.error());
-    return nullptr;
-  }
-  auto& vcs = vcs_[row->vcs];
-  if (!vcs) vcs = plugins_.makeVcs(row->vcs);
-  if (!vcs) {
-    done(Error{"no VCS plugin named '" + row->vcs + "' is loaded"});
-    return nullptr;
-  }
-  return vcs->exportTree(repoFor(*row, *root), revision, std::move(on_chunk), std::move(done));
+  return r->vcs->exportTree(r->repo, revision, std::move(on_chunk), std::move(done));
 }
 
 bool branchMatches(const std::string& pattern, const std::string& name) {

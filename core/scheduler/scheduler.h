@@ -68,6 +68,14 @@ class Scheduler {
                                       std::function<void(std::string_view)> on_chunk,
                                       std::function<void(Status)> done);
 
+  // A repository's VCS plugin object (the one its polls use, so that the
+  // plugin's per-proxy queue orders everything on a proxy) and its Repo.
+  struct Resolved {
+    std::shared_ptr<Vcs> vcs;
+    Repo repo;
+  };
+  Result<Resolved> resolve(int repository_id);
+
   size_t scheduled() const { return repos_.size(); }
   uint64_t pollsDone() const { return polls_done_; }
 

@@ -79,9 +79,9 @@ TEST(ConfigImport, ExampleImportsAndExportsInItsCanonicalForm) {
   json example = demoExample();
   ImportReport report = importConfig(db.conn(), example);
   ASSERT_TRUE(report.errors.empty()) << joined(report.errors);
-  // 1 project, 2 repositories, 3 branches, 2 builders, 3 builder branches, 1 worker.
-  EXPECT_EQ(report.created, 19);
-  EXPECT_EQ(configRows(db), 19);
+  // 1 project, 5 repositories, 6 branches, 2 builders, 5 builder branches, 1 worker, 1 mirror.
+  EXPECT_EQ(report.created, 21);
+  EXPECT_EQ(configRows(db), 21);
   EXPECT_EQ(exportConfig(db.conn()), example) << exportConfig(db.conn()).dump(2);
 }
 
@@ -217,7 +217,7 @@ TEST(ConfigImport, RowsAbsentFromTheDocumentAreLeftAlone) {
   ImportReport report = importConfig(db.conn(), json::parse(R"({"workers": [{"name": "extra"}]})"));
   ASSERT_TRUE(report.errors.empty()) << joined(report.errors);
   EXPECT_EQ(report.created, 1);
-  EXPECT_EQ(configRows(db), 20);
+  EXPECT_EQ(configRows(db), 22);
 }
 
 TEST(ConfigImport, ReferencesResolveAgainstRowsAlreadyInTheDatabase) {
@@ -397,12 +397,12 @@ class ConfigModel : public ::testing::Test {
 TEST_F(ConfigModel, InitialLoadSeesEveryRow) {
   startListening();
   EXPECT_EQ(model->projects().size(), 1u);
-  EXPECT_EQ(model->repositories().size(), 4u);
+  EXPECT_EQ(model->repositories().size(), 5u);
   EXPECT_EQ(model->branches().size(), 6u);
   EXPECT_EQ(model->builders().size(), 2u);
   EXPECT_EQ(model->builderBranches().size(), 5u);
   EXPECT_EQ(model->workers().size(), 1u);
-  EXPECT_TRUE(model->mirrors().empty());
+  EXPECT_EQ(model->mirrors().size(), 1u);
   EXPECT_TRUE(model->pluginDirectories().empty());
 
   auto fork = model->repository(idOf("SELECT id FROM pefnos.repository WHERE name = 'demo-fork'"));
@@ -471,7 +471,7 @@ TEST_F(ConfigModel, InsertedAndDeletedRowsArriveIncrementally) {
 
 TEST_F(ConfigModel, ReloadFindsExactlyTheChangesMadeWhileNotListening) {
   // The listener is never started: no NOTIFY reaches the model.
-  EXPECT_EQ(reloadAndWait(), 19);
+  EXPECT_EQ(reloadAndWait(), 21);
   EXPECT_TRUE(model->loaded());
   auto workers_before = model->workers();
   changes.clear();
