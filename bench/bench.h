@@ -50,6 +50,7 @@ int runPollGit();
 int runPollBzrSvn();
 int runBuilds();
 int runLogs();
+int runHttp();
 int runMirror();
 
 }  // namespace pefnos::bench

@@ -57,7 +57,7 @@ double percentile(std::vector<double> samples, double p) {
 int main(int argc, char** argv) {
   using namespace pefnos::bench;
   pefnos::log::setLevel(pefnos::log::Level::warning);
-  const std::map<std::string, int (*)()> scenarios = {{"notify", runNotify}, {"poll-git", runPollGit}, {"poll-bzr-svn", runPollBzrSvn}, {"builds", runBuilds}, {"logs", runLogs}, {"mirror", runMirror}};
+  const std::map<std::string, int (*)()> scenarios = {{"notify", runNotify}, {"poll-git", runPollGit}, {"poll-bzr-svn", runPollBzrSvn}, {"builds", runBuilds}, {"logs", runLogs}, {"http", runHttp}, {"mirror", runMirror}};
   std::vector<std::string> chosen(argv + 1, argv + argc);
   if (chosen.empty()) {
     for (const auto& [name, fn] : scenarios) chosen.push_back(name);

@@ -289,7 +289,10 @@ int runUp(const ServeArgs& args) {
             << "  psql       psql \"$(pefnos db url --home " << h << ")\"\n"
             << "  try        pefnos ctl ping --wait --home " << h << "\n"
             << (args.http == "none" ? std::string()
-                                    : "  api        http://" + args.http + "/api/v1/status  (and /metrics)\n")
+                                    : "  page       http://" + args.http + "/\n"
+                                      "  api        http://" + args.http + "/api/v1/status  (and /metrics)\n"
+                                      "  token      pefnos ctl token create NAME --home " + h +
+                                      "  (for the page's buttons)\n")
             << "  stop       Ctrl-C\n"
             << std::flush;
   int rc = serve(&loop, args, conninfo, stop_cluster, start_local, stop_local);

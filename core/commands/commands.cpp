@@ -1,5 +1,7 @@
 #include "core/commands/commands.h"
 
+#include <charconv>
+
 #include "core/base/log.h"
 
 namespace pefnos::commands {
@@ -33,7 +35,19 @@ constexpr const char* kGiveBack = R"(
   UPDATE pefnos.command SET state = 'queued', claimed_by = NULL, lease_until = NULL
    WHERE state = 'running' AND claimed_by = $1)";
 
+// Commands whose NOTIFY time is remembered; a command claimed by another
+// master never runs here, so the map is cleared rather than allowed to grow.
+constexpr size_t kMaxNotified = 4096;
+
 }  // namespace
+
+void LatencyHistogram::observe(double seconds) {
+  size_t i = 0;
+  while (i < kBounds.size() && seconds > kBounds[i]) ++i;
+  ++counts[i];
+  sum_seconds += seconds;
+  ++count;
+}
 
 Runner::Runner(db::Database& db, db::Listener& listener, Options options)
     : db_(db), listener_(listener), options_(std::move(options)) {}
@@ -43,7 +57,15 @@ void Runner::handle(const std::string& kind, Handler handler) {
 }
 
 void Runner::start() {
-  listener_.subscribe("pefnos_command", [this](const std::string&) { claim(); });
+  listener_.subscribe("pefnos_command", [this](const std::string& payload) {
+    long long id = 0;
+    auto [end, ec] = std::from_chars(payload.data(), payload.data() + payload.size(), id);
+    if (ec == std::errc() && end == payload.data() + payload.size()) {
+      if (notified_at_.size() >= kMaxNotified) notified_at_.clear();
+      notified_at_.emplace(id, std::chrono::steady_clock::now());
+    }
+    claim();
+  });
   // Ours from an earlier life of this master: it died before finishing them.
   db_.transact<int>(
       [master = options_.master](pqxx::work& tx) {
@@ -97,6 +119,13 @@ void Runner::claim() {
 void Runner::run(Command command) {
   ++in_flight_;
   auto it = handlers_.find(command.kind);
+  if (auto at = notified_at_.find(command.id); at != notified_at_.end()) {
+    if (it != handlers_.end()) {
+      notify_to_action_.observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - at->second).count());
+    }
+    notified_at_.erase(at);
+  }
   if (it == handlers_.end()) {
     finish(command.id, Error{"unknown command kind '" + command.kind +
                              "'; this master runs: " + knownKinds()});

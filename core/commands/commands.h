@@ -10,8 +10,12 @@
 // away is lost. It never decides what a command does: handlers do.
 #pragma once
 
+#include <array>
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <map>
+#include <unordered_map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -28,6 +32,19 @@ struct Command {
 };
 
 using Reply = std::function<void(Result<nlohmann::json>)>;
+
+// Seconds from a command's NOTIFY reaching this master to its handler
+// starting: a Prometheus histogram (bucket counts not cumulative here; the
+// exporter sums them). Commands claimed without a NOTIFY of ours (catch-up
+// after a reconnection) are not counted.
+struct LatencyHistogram {
+  static constexpr std::array<double, 12> kBounds = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                     0.05,   0.1,   0.25,   0.5,   1,    5};
+  std::array<uint64_t, kBounds.size() + 1> counts{};  // the last one: above every bound
+  double sum_seconds = 0;
+  uint64_t count = 0;
+  void observe(double seconds);
+};
 using Handler = std::function<void(const Command&, Reply)>;
 
 class Runner {
@@ -47,6 +64,7 @@ class Runner {
   void start();
   // Commands claimed and not yet written back.
   int inFlight() const { return in_flight_; }
+  const LatencyHistogram& notifyToAction() const { return notify_to_action_; }
 
  private:
   void claim();
@@ -61,6 +79,9 @@ class Runner {
   bool claiming_ = false;
   bool claim_again_ = false;
   int in_flight_ = 0;
+  // When the NOTIFY of each command id arrived; bounded (cleared when full).
+  std::unordered_map<long long, std::chrono::steady_clock::time_point> notified_at_;
+  LatencyHistogram notify_to_action_;
 };
 
 }  // namespace pefnos::commands

@@ -789,6 +789,12 @@ void Stream::close() {
   if (auto c = state_->connection.lock()) c->streamClose(state_->serial);
 }
 
+void Stream::abort() {
+  if (!state_ || !state_->open) return;
+  state_->open = false;
+  if (auto c = state_->connection.lock(); c && c->streamingNow(state_->serial)) c->close(false);
+}
+
 size_t Stream::writeQueueSize() const {
   if (!open()) return 0;
   auto c = state_->connection.lock();

@@ -77,6 +77,9 @@ class Stream {
   bool write(std::string chunk);
   // Ends the response; the connection then serves its next request or closes.
   void close();
+  // Drops the connection at once, with whatever is still queued for it (a
+  // client that does not read). onClose does not run.
+  void abort();
   // Bytes queued on the connection, not yet taken by the kernel: a slow reader
   // makes this grow, and the caller decides when to drop it (close()).
   size_t writeQueueSize() const;

@@ -251,7 +251,7 @@ void Master::startWeb() {
   web::Options wopts;
   wopts.host = listen->host;
   wopts.port = listen->port;
-  web_ = std::make_unique<web::Web>(loop_, *db_, builds_.get(), *scheduler_, wopts);
+  web_ = std::make_unique<web::Web>(loop_, *db_, builds_.get(), *scheduler_, wopts, listener_.get(), runner_.get());
   if (auto s = web_->start(); !s) {
     log::error("master", "cannot serve HTTP: ", s.error().message);
     recordEvent("error", "web", "cannot serve HTTP: " + s.error().message, {});

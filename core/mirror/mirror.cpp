@@ -136,6 +136,12 @@ class Equivalence {
   std::unordered_map<std::string, std::string> parent_;
 };
 
+// What the web page follows: {"mirror", "run", "state"} on pefnos_mirror.
+void notifyRun(pqxx::work& tx, int mirror_id, long long run_id, const std::string& state) {
+  tx.exec_params("SELECT pg_notify('pefnos_mirror', $1)",
+                 json{{"mirror", mirror_id}, {"run", run_id}, {"state", state}}.dump());
+}
+
 std::string node(int repository, const std::string& revision) {
   return std::to_string(repository) + ":" + revision;
 }
@@ -373,6 +379,7 @@ void Mirrors::begin(int mirror_id, bool forced, std::function<void(Result<json>)
                          "VALUES ($1, $2, now() + make_interval(secs => $3), $4) RETURNING id",
                          cfg.id, master, lease, c.source_head)[0][0]
                        .as<long long>();
+        notifyRun(tx, cfg.id, c.run_id, "running");
         if (!cfg.collection) {
           for (const auto& r : tx.exec_params(
                    "SELECT source_revision, target_revision FROM pefnos.mirror_mark WHERE mirror_id = $1",
@@ -878,6 +885,7 @@ void Mirrors::finish(std::shared_ptr<Run> run, const std::string& state, const s
             "UPDATE pefnos.mirror_run SET state = $2, error = NULLIF($3, ''), finished_at = now() "
             "WHERE id = $1 AND state = 'running'",
             run->id, state, error);
+        notifyRun(tx, run->cfg.id, run->id, state);
         insertVerified(tx, run->cfg.id, run->id, failed_row);
         return Done{};
       },

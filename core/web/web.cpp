@@ -7,30 +7,23 @@
 
 #include "core/base/log.h"
 #include "core/protocol/auth.h"
+#include "core/web/api.h"
+#include "core/web/assets.h"
+#include "core/web/events.h"
 
 namespace pefnos::web {
 namespace {
 using nlohmann::json;
+using api::dump;
+using api::error;
+using api::number;
 
-constexpr long long kMaxPage = 200;
-constexpr long long kMaxLogRange = 1 << 20;  // bytes per log read
 // Queries of the API at once: the database connections are shared with the
-// dispatcher and the log writer, which must never wait behind a crowd of readers.
+// dispatcher and the log writer, which must never wait behind a crowd of
+// readers. A few more wait their turn (a page loads several lists at once);
+// beyond that, 503.
 constexpr int kMaxQueries = 4;
-
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-http::Response error(int status, const std::string& message) {
-  return http::Response::json(status, dump(json{{"error", message}}));
-}
-
-// A non-negative integer from a path segment or a query value.
-std::optional<long long> number(const std::string& text) {
-  long long value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || end != text.data() + text.size() || value < 0) return std::nullopt;
-  return value;
-}
+constexpr size_t kMaxWaiting = 64;
 
 std::vector<std::string> segments(const std::string& path) {
   std::vector<std::string> out;
@@ -40,45 +33,17 @@ std::vector<std::string> segments(const std::string& path) {
   return out;
 }
 
-// Query values that must be numbers, with a clear 400 when they are not.
-struct Params {
-  const http::Request& request;
-  std::string problem;
-  std::optional<long long> get(const std::string& name, std::optional<long long> fallback = std::nullopt) {
-    auto raw = request.queryParamIf(name);
-    if (!raw) return fallback;
-    auto n = number(*raw);
-    if (!n) problem = "'" + name + "' must be a non-negative integer";
-    return n;
+// Prometheus histogram lines from a LatencyHistogram (cumulative buckets).
+void histogram(std::ostringstream& m, const std::string& name, const commands::LatencyHistogram& h) {
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < h.kBounds.size(); ++i) {
+    cumulative += h.counts[i];
+    m << name << "_bucket{le=\"" << h.kBounds[i] << "\"} " << cumulative << "\n";
   }
-};
-
-json rowJson(const pqxx::row& row) {
-  json out = json::object();
-  for (const auto& field : row) {
-    if (field.is_null()) {
-      out[field.name()] = nullptr;
-      continue;
-    }
-    // jsonb and json columns come back as text: keep them as JSON.
-    const auto type = field.type();
-    if (type == 3802 || type == 114) {
-      out[field.name()] = json::parse(field.c_str(), nullptr, false);
-    } else if (type == 20 || type == 21 || type == 23) {
-      out[field.name()] = field.as<long long>();
-    } else if (type == 16) {
-      out[field.name()] = field.as<bool>();
-    } else {
-      out[field.name()] = field.c_str();
-    }
-  }
-  return out;
-}
-
-json rowsJson(const pqxx::result& rows) {
-  json out = json::array();
-  for (const auto& r : rows) out.push_back(rowJson(r));
-  return out;
+  cumulative += h.counts.back();
+  m << name << "_bucket{le=\"+Inf\"} " << cumulative << "\n"
+    << name << "_sum " << h.sum_seconds << "\n"
+    << name << "_count " << h.count << "\n";
 }
 
 }  // namespace
@@ -110,44 +75,78 @@ json status(pqxx::work& tx) {
 }
 
 Web::Web(uv_loop_t* loop, db::Database& db, const builds::Builds* builds,
-         const scheduler::Scheduler& scheduler, Options options)
-    : loop_(loop), db_(db), builds_(builds), scheduler_(scheduler), options_(std::move(options)) {}
+         const scheduler::Scheduler& scheduler, Options options, db::Listener* listener,
+         const commands::Runner* runner)
+    : loop_(loop),
+      db_(db),
+      builds_(builds),
+      scheduler_(scheduler),
+      options_(std::move(options)),
+      listener_(listener),
+      runner_(runner) {
+  EventHub::Options eo;
+  eo.max_clients = options_.max_event_clients;
+  events_ = std::make_unique<EventHub>(loop_, db_, eo);
+  tail_ = std::make_unique<LogTail>(loop_, db_, LogTail::Options{});
+  events_->onBuild([this] { tail_->wake(); });  // a build's end ends its steps
+}
 
-Web::~Web() { *alive_ = false; }
+Web::~Web() {
+  *alive_ = false;
+  server_.reset();  // first: no handler runs into what follows
+}
 
 Status Web::start() {
   http::Options o;
   o.host = options_.host;
   o.port = options_.port;
+  // Room for every event client and for the API beside them.
+  o.max_connections = std::max<size_t>(o.max_connections, options_.max_event_clients + 256);
   auto server = http::Server::listen(loop_, o, [this](const http::Request& r, http::Responder out) {
     handle(r, std::move(out));
   });
   if (!server) return server.error();
   server_ = std::move(server.value());
+  if (listener_) events_->start(*listener_);
   log::info("web", "serving HTTP on http://", options_.host, ":", server_->port(), "/");
   return ok();
 }
 
 int Web::port() const { return server_ ? server_->port() : 0; }
 
-// Runs fn in a read transaction; its Response (or the error as 500) goes back.
+// Runs fn in a read transaction (in UTC: timestamps are ISO 8601 with Z);
+// its Response (or the error as 500) goes back.
 void Web::query(http::Responder responder, std::function<http::Response(pqxx::work&)> fn) {
-  if (in_flight_ >= kMaxQueries) {
+  if (in_flight_ < kMaxQueries) return runQuery(std::move(responder), std::move(fn));
+  if (waiting_.size() >= kMaxWaiting) {
     http::Response busy = error(503, "busy: too many API requests at once; try again");
     busy.headers.push_back({"Retry-After", "1"});
     return responder.send(std::move(busy));
   }
+  waiting_.emplace_back(std::move(responder), std::move(fn));
+}
+
+void Web::runQuery(http::Responder responder, std::function<http::Response(pqxx::work&)> fn) {
   ++in_flight_;
   db_.transact<http::Response>(
-      std::move(fn),
+      [fn = std::move(fn)](pqxx::work& tx) {
+        tx.exec("SET LOCAL TIME ZONE 'UTC'");
+        return fn(tx);
+      },
       [this, responder, alive = std::weak_ptr<bool>(alive_)](Result<http::Response> r) mutable {
         if (alive.expired()) return;
         --in_flight_;
         if (!r) {  // the details go to the log, not to whoever asked
           log::warning("web", "a query failed: ", r.error().message);
-          return responder.send(error(500, "the database could not answer; see the master's log"));
+          responder.send(error(500, "the database could not answer; see the master's log"));
+        } else {
+          responder.send(std::move(r.value()));
         }
-        responder.send(std::move(r.value()));
+        while (in_flight_ < kMaxQueries && !waiting_.empty()) {
+          auto [next, next_fn] = std::move(waiting_.front());
+          waiting_.pop_front();
+          if (next.connected()) runQuery(std::move(next), std::move(next_fn));  // gone: not asked for
+        }
       });
 }
 
@@ -175,6 +174,7 @@ void Web::command(const http::Request& request, http::Responder out) {
       {"stop-build", {"SELECT pefnos.stop_build($1::bigint)", {"build"}}},
       {"poll-now", {"SELECT pefnos.poll_now($1::int)", {"repository"}}},
       {"mirror-now", {"SELECT pefnos.mirror_now($1::int)", {"mirror"}}},
+      {"mirror-verify", {"SELECT pefnos.verify_mirror($1::int)", {"mirror"}}},
   };
   auto kind = kinds.find(body["kind"].get<std::string>());
   if (kind == kinds.end()) {
@@ -225,6 +225,83 @@ void Web::command(const http::Request& request, http::Responder out) {
   });
 }
 
+void Web::asset(const std::string& name, http::Responder out) {
+  const Asset* a = findAsset(name);
+  if (!a) return out.send(error(404, "no such asset"));
+  http::Response r{200, {{"Content-Type", std::string(a->content_type)}}, std::string(a->body)};
+  r.headers.push_back({"Cache-Control", "no-cache"});
+  r.headers.push_back({"X-Content-Type-Options", "nosniff"});
+  r.headers.push_back({"Content-Security-Policy",
+                       "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                       "connect-src 'self'; frame-ancestors 'none'"});
+  out.send(std::move(r));
+}
+
+void Web::metrics(http::Responder out) {
+  const auto counters = builds_ ? builds_->counters() : builds::Counters{};
+  const uint64_t polls = scheduler_.pollsDone();
+  const auto latency = runner_ ? runner_->notifyToAction() : commands::LatencyHistogram{};
+  const size_t event_clients = events_->clients(), followers = tail_->followers();
+  const uint64_t dropped = events_->dropped(), events = events_->published();
+  const size_t connections = server_ ? server_->connections() : 0;
+  query(std::move(out), [=](pqxx::work& tx) {
+    std::ostringstream m;
+    m << "# HELP pefnos_builds Builds by state.\n# TYPE pefnos_builds gauge\n";
+    for (const auto& r : tx.exec("SELECT state, count(*) FROM pefnos.build GROUP BY state ORDER BY state")) {
+      m << "pefnos_builds{state=\"" << r[0].c_str() << "\"} " << r[1].as<long long>() << "\n";
+    }
+    m << "# HELP pefnos_build_queue Build requests waiting for a worker.\n# TYPE pefnos_build_queue gauge\n"
+      << "pefnos_build_queue "
+      << tx.exec("SELECT count(*) FROM pefnos.build_request WHERE state = 'queued'")[0][0].as<long long>() << "\n";
+    auto polls_row = tx.exec(
+        "SELECT count(*), count(*) FILTER (WHERE last_error IS NOT NULL), coalesce(avg(duration_ms), 0),"
+        " coalesce(max(duration_ms), 0), coalesce(sum(polls), 0) FROM pefnos.repository_poll")[0];
+    m << "# HELP pefnos_repositories_polled Repositories polled at least once.\n"
+      << "# TYPE pefnos_repositories_polled gauge\npefnos_repositories_polled " << polls_row[0].as<long long>()
+      << "\n# HELP pefnos_repositories_failing Repositories whose last poll failed (poll errors).\n"
+      << "# TYPE pefnos_repositories_failing gauge\npefnos_repositories_failing " << polls_row[1].as<long long>()
+      << "\n# HELP pefnos_poll_duration_ms_avg Average duration of the last poll of each repository.\n"
+      << "# TYPE pefnos_poll_duration_ms_avg gauge\npefnos_poll_duration_ms_avg " << polls_row[2].as<double>()
+      << "\n# HELP pefnos_poll_duration_ms_max Longest last poll of a repository.\n"
+      << "# TYPE pefnos_poll_duration_ms_max gauge\npefnos_poll_duration_ms_max " << polls_row[3].as<long long>()
+      << "\n# HELP pefnos_repository_polls Polls recorded for all repositories, by every master.\n"
+      << "# TYPE pefnos_repository_polls gauge\npefnos_repository_polls " << polls_row[4].as<long long>()
+      << "\n# HELP pefnos_polls_total Polls done by this master.\n# TYPE pefnos_polls_total counter\n"
+      << "pefnos_polls_total " << polls
+      << "\n# HELP pefnos_workers Workers connected to this master.\n# TYPE pefnos_workers gauge\n"
+      << "pefnos_workers " << counters.workers
+      << "\n# HELP pefnos_builds_running Builds running on this master's workers.\n"
+      << "# TYPE pefnos_builds_running gauge\npefnos_builds_running " << counters.running
+      << "\n# HELP pefnos_builds_started_total Builds this master started.\n"
+      << "# TYPE pefnos_builds_started_total counter\npefnos_builds_started_total " << counters.builds_started
+      << "\n# HELP pefnos_log_bytes_total Bytes of step output received.\n"
+      << "# TYPE pefnos_log_bytes_total counter\npefnos_log_bytes_total " << counters.log_bytes << "\n";
+    m << "# HELP pefnos_mirror_runs Mirror runs by state.\n# TYPE pefnos_mirror_runs gauge\n";
+    for (const auto& r : tx.exec("SELECT s.state, count(mr.id) FROM unnest(ARRAY['running', 'succeeded', 'failed',"
+                                 " 'interrupted']) AS s(state) LEFT JOIN pefnos.mirror_run mr ON mr.state = s.state"
+                                 " GROUP BY s.state ORDER BY s.state")) {
+      m << "pefnos_mirror_runs{state=\"" << r[0].c_str() << "\"} " << r[1].as<long long>() << "\n";
+    }
+    m << "# HELP pefnos_notify_to_action_seconds From a command's NOTIFY reaching this master to its handler"
+         " starting.\n# TYPE pefnos_notify_to_action_seconds histogram\n";
+    histogram(m, "pefnos_notify_to_action_seconds", latency);
+    m << "# HELP pefnos_http_connections Open HTTP connections.\n# TYPE pefnos_http_connections gauge\n"
+      << "pefnos_http_connections " << connections
+      << "\n# HELP pefnos_event_clients Clients of /api/v1/events.\n# TYPE pefnos_event_clients gauge\n"
+      << "pefnos_event_clients " << event_clients
+      << "\n# HELP pefnos_event_clients_dropped_total Event clients dropped for not reading.\n"
+      << "# TYPE pefnos_event_clients_dropped_total counter\npefnos_event_clients_dropped_total " << dropped
+      << "\n# HELP pefnos_events_total Events sent to the event clients.\n# TYPE pefnos_events_total counter\n"
+      << "pefnos_events_total " << events
+      << "\n# HELP pefnos_log_followers Live log tails open.\n# TYPE pefnos_log_followers gauge\n"
+      << "pefnos_log_followers " << followers << "\n";
+    http::Response r = http::Response::text(200, m.str());
+    for (auto& [name, value] : r.headers)
+      if (name == "Content-Type") value = "text/plain; version=0.0.4; charset=utf-8";
+    return r;
+  });
+}
+
 void Web::handle(const http::Request& request, http::Responder out) {
   if (request.method == "POST" && request.path == "/api/v1/commands") return command(request, std::move(out));
   if (request.method != "GET" && request.method != "HEAD") {
@@ -232,52 +309,15 @@ void Web::handle(const http::Request& request, http::Responder out) {
     r.headers.push_back({"Allow", "GET, HEAD"});
     return out.send(std::move(r));
   }
-  const auto parts = segments(request.path);
-  Params params{request, ""};
-
-  if (request.path == "/metrics") {
-    const auto counters = builds_ ? builds_->counters() : builds::Counters{};
-    const uint64_t polls = scheduler_.pollsDone();
-    return query(std::move(out), [counters, polls](pqxx::work& tx) {
-      std::ostringstream m;
-      m << "# HELP pefnos_builds Builds by state.\n# TYPE pefnos_builds gauge\n";
-      for (const auto& r : tx.exec("SELECT state, count(*) FROM pefnos.build GROUP BY state ORDER BY state")) {
-        m << "pefnos_builds{state=\"" << r[0].c_str() << "\"} " << r[1].as<long long>() << "\n";
-      }
-      m << "# HELP pefnos_build_queue Build requests waiting for a worker.\n# TYPE pefnos_build_queue gauge\n"
-        << "pefnos_build_queue "
-        << tx.exec("SELECT count(*) FROM pefnos.build_request WHERE state = 'queued'")[0][0].as<long long>() << "\n";
-      auto polls_row = tx.exec(
-          "SELECT count(*), count(*) FILTER (WHERE last_error IS NOT NULL), coalesce(avg(duration_ms), 0) "
-          "FROM pefnos.repository_poll")[0];
-      m << "# HELP pefnos_repositories_polled Repositories polled at least once.\n"
-        << "# TYPE pefnos_repositories_polled gauge\npefnos_repositories_polled " << polls_row[0].as<long long>()
-        << "\n# HELP pefnos_repositories_failing Repositories whose last poll failed.\n"
-        << "# TYPE pefnos_repositories_failing gauge\npefnos_repositories_failing " << polls_row[1].as<long long>()
-        << "\n# HELP pefnos_poll_duration_ms_avg Average duration of the last poll of each repository.\n"
-        << "# TYPE pefnos_poll_duration_ms_avg gauge\npefnos_poll_duration_ms_avg " << polls_row[2].as<double>()
-        << "\n# HELP pefnos_polls_total Polls done by this master.\n# TYPE pefnos_polls_total counter\n"
-        << "pefnos_polls_total " << polls
-        << "\n# HELP pefnos_workers Workers connected to this master.\n# TYPE pefnos_workers gauge\n"
-        << "pefnos_workers " << counters.workers
-        << "\n# HELP pefnos_builds_running Builds running on this master's workers.\n"
-        << "# TYPE pefnos_builds_running gauge\npefnos_builds_running " << counters.running
-        << "\n# HELP pefnos_builds_started_total Builds this master started.\n"
-        << "# TYPE pefnos_builds_started_total counter\npefnos_builds_started_total " << counters.builds_started
-        << "\n# HELP pefnos_log_bytes_total Bytes of step output received.\n"
-        << "# TYPE pefnos_log_bytes_total counter\npefnos_log_bytes_total " << counters.log_bytes << "\n";
-      auto mirrors = tx.exec("SELECT state, count(*) FROM pefnos.mirror_run GROUP BY state ORDER BY state");
-      m << "# HELP pefnos_mirror_runs Mirror runs by state.\n# TYPE pefnos_mirror_runs gauge\n";
-      for (const auto& r : mirrors) {
-        m << "pefnos_mirror_runs{state=\"" << r[0].c_str() << "\"} " << r[1].as<long long>() << "\n";
-      }
-      http::Response r = http::Response::text(200, m.str());
-      for (auto& [name, value] : r.headers)
-        if (name == "Content-Type") value = "text/plain; version=0.0.4; charset=utf-8";
-      return r;
-    });
+  if (request.path == "/" || request.path == "/index.html") return asset("index.html", std::move(out));
+  if (request.path.rfind("/assets/", 0) == 0) {
+    auto name = http::safeRelativePath(request.path.substr(8));
+    if (!name || name->find('/') != std::string::npos) return out.send(error(400, "refused asset name"));
+    return asset(*name, std::move(out));
   }
+  if (request.path == "/metrics") return metrics(std::move(out));
 
+  const auto parts = segments(request.path);
   if (parts.size() < 2 || parts[0] != "api" || parts[1] != "v1") return out.send(error(404, "no such path"));
   const std::vector<std::string> api(parts.begin() + 2, parts.end());
 
@@ -291,103 +331,31 @@ void Web::handle(const http::Request& request, http::Responder out) {
       return http::Response::json(200, dump(summary));
     });
   }
-
-  if (api == std::vector<std::string>{"workers"}) {
-    json list = json::array();
-    if (builds_) {
-      for (const auto& w : builds_->workers()) {
-        list.push_back({{"name", w.name}, {"peer", w.peer}, {"slots", w.slots}, {"running", w.running},
-                        {"trusted", w.trusted}, {"tags", w.tags}});
-      }
-    }
-    return out.send(http::Response::json(200, dump(json{{"workers", list}})));
+  if (api == std::vector<std::string>{"events"}) {
+    if (!request.query.empty()) return out.send(error(400, "/api/v1/events takes no parameters"));
+    if (!listener_) return out.send(error(404, "this server has no live events"));
+    return events_->serve(request, std::move(out));
   }
-
-  if (!api.empty() && api[0] == "builds" && api.size() <= 2) {
-    if (api.size() == 2) {
-      auto id = number(api[1]);
-      if (!id) return out.send(error(400, "a build id is a number"));
-      return query(std::move(out), [id = *id](pqxx::work& tx) {
-        auto b = tx.exec_params(
-            "SELECT b.id, b.number, bl.name AS builder, b.state, b.summary, r.revision, r.reason,"
-            " br.name AS branch, w.name AS worker, b.created_at::text, b.started_at::text, b.finished_at::text"
-            " FROM pefnos.build b JOIN pefnos.builder bl ON bl.id = b.builder_id"
-            " JOIN pefnos.build_request r ON r.id = b.request_id LEFT JOIN pefnos.branch br ON br.id = r.branch_id"
-            " LEFT JOIN pefnos.worker w ON w.id = b.worker_id WHERE b.id = $1",
-            id);
-        if (b.empty()) return error(404, "no build " + std::to_string(id));
-        json build = rowJson(b[0]);
-        build["steps"] = rowsJson(tx.exec_params(
-            "SELECT s.id, s.position, s.name, s.type, s.state, s.exit_code, s.summary, s.started_at::text,"
-            " s.finished_at::text, (SELECT coalesce(sum(length(data)), 0) FROM pefnos.log l WHERE l.step_id = s.id)"
-            " AS log_bytes FROM pefnos.step s WHERE s.build_id = $1 ORDER BY s.position",
-            id));
-        return http::Response::json(200, dump(build));
-      });
-    }
-    auto limit = params.get("limit", 50);
-    auto before = params.get("before", std::numeric_limits<long long>::max());
-    auto builder = params.get("builder", 0);
-    std::string state = request.queryParam("state");
-    if (!params.problem.empty()) return out.send(error(400, params.problem));
-    if (*limit == 0 || *limit > kMaxPage) return out.send(error(400, "'limit' must be 1 to " + std::to_string(kMaxPage)));
-    return query(std::move(out), [limit = *limit, before = *before, builder = *builder, state](pqxx::work& tx) {
-      auto rows = tx.exec_params(
-          "SELECT b.id, b.number, bl.name AS builder, b.state, r.revision, br.name AS branch,"
-          " b.created_at::text, b.finished_at::text FROM pefnos.build b"
-          " JOIN pefnos.builder bl ON bl.id = b.builder_id JOIN pefnos.build_request r ON r.id = b.request_id"
-          " LEFT JOIN pefnos.branch br ON br.id = r.branch_id"
-          " WHERE b.id < $1::bigint AND ($2::bigint = 0 OR b.builder_id = $2::bigint)"
-          " AND ($3 = '' OR b.state = $3) ORDER BY b.id DESC LIMIT $4::bigint",
-          before, builder, state, limit);
-      json page{{"builds", rowsJson(rows)}};
-      if (static_cast<long long>(rows.size()) == limit) page["next_before"] = rows[rows.size() - 1][0].as<long long>();
-      return http::Response::json(200, dump(page));
-    });
-  }
-
-  // /api/v1/steps/ID/log?offset=&limit=: a range of the step's output, as stored.
-  if (api.size() == 3 && api[0] == "steps" && api[2] == "log") {
+  // A live tail: the step's output from an offset, then as it is stored.
+  if (api.size() == 3 && api[0] == "steps" && api[2] == "log" && request.queryParamIf("follow")) {
+    const std::string follow = request.queryParam("follow");
     auto id = number(api[1]);
     if (!id) return out.send(error(400, "a step id is a number"));
-    auto offset = params.get("offset", 0);
-    auto limit = params.get("limit", kMaxLogRange);
-    if (!params.problem.empty()) return out.send(error(400, params.problem));
-    const long long take = std::min(*limit, kMaxLogRange);
-    return query(std::move(out), [id = *id, offset = *offset, take](pqxx::work& tx) {
-      auto size = tx.exec_params(
-          "SELECT (SELECT count(*) FROM pefnos.step WHERE id = $1), coalesce(sum(length(data)), 0)"
-          " FROM pefnos.log WHERE step_id = $1",
-          id)[0];
-      if (size[0].as<long long>() == 0) return error(404, "no step " + std::to_string(id));
-      const long long total = size[1].as<long long>();
-      if (offset > total) {
-        http::Response r = error(416, "offset " + std::to_string(offset) + " is beyond the end (" +
-                                          std::to_string(total) + " bytes)");
-        r.headers.push_back({"X-Log-Size", std::to_string(total)});
-        return r;
-      }
-      // The chunks that overlap the range, cut to it in SQL: only the range travels.
-      auto rows = tx.exec_params(
-          "SELECT substring(data FROM greatest($2 - start, 0)::int + 1 FOR"
-          " (least(start + length(data), $2 + $3) - greatest(start, $2))::int)"
-          " FROM (SELECT data, coalesce(sum(length(data)) OVER (ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING"
-          "  AND 1 PRECEDING), 0) AS start FROM pefnos.log WHERE step_id = $1) c"
-          " WHERE start + length(data) > $2 AND start < $2 + $3 ORDER BY start",
-          id, offset, take);
-      std::string body;
-      for (const auto& r : rows) {
-        pqxx::binarystring bytes(r[0]);
-        body.append(bytes.str());
-      }
-      http::Response r = http::Response::text(200, std::move(body));
-      r.headers.push_back({"X-Log-Size", std::to_string(total)});
-      r.headers.push_back({"X-Log-Offset", std::to_string(offset)});
-      return r;
-    });
+    if (follow != "1" && follow != "true" && follow != "0" && follow != "false")
+      return out.send(error(400, "'follow' must be 1 or 0"));
+    if (follow == "1" || follow == "true") {
+      if (request.queryParamIf("limit")) return out.send(error(400, "'limit' does not go with 'follow'"));
+      auto offset = number(request.queryParam("offset").empty() ? "0" : request.queryParam("offset"));
+      if (!offset) return out.send(error(400, "'offset' must be a non-negative integer"));
+      return tail_->follow(*id, *offset, std::move(out));
+    }
   }
 
-  out.send(error(404, "no such path"));
+  api::Live live;
+  if (builds_ && !api.empty() && api[0] == "workers") live.workers = builds_->workers();
+  api::Read read = api::route(api, request, std::move(live));
+  if (read.now) return out.send(std::move(*read.now));
+  query(std::move(out), std::move(read.query));
 }
 
 }  // namespace pefnos::web
