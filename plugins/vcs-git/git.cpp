@@ -813,7 +813,15 @@ class GitVcs final : public Vcs {
     if (valid) valid = checkRevision(revision);
     if (valid && !expected.empty()) valid = checkRevision(expected);
     if (!valid) return later(std::move(done), valid.error());
-    std::string target = "refs/heads/" + branch;
+    if (auto local = localBareWithoutHooks(repo.url)) {
+      return publishLocal(repo, *local, branch, revision, expected, std::move(done));
+    }
+    pushPublish(repo, branch, revision, expected, std::move(done));
+  }
+
+  void pushPublish(const Repo& repo, const std::string& branch, const std::string& revision,
+                   const std::string& expected, std::function<void(Status)> done) {
+    const std::string target = "refs/heads/" + branch;
     // A compare-and-swap: the lease holds only while the upstream's branch is
     // at `expected` (empty: absent). Nothing else of the proxy is pushed.
     auto argv =
@@ -830,6 +838,79 @@ class GitVcs final : public Vcs {
       }
       done(failure("git push " + url + " " + target, std::move(r)));
     });
+  }
+
+  // A local bare upstream without receive hooks gets what a push would give
+  // it, without the push's cost: the new objects as one pack that
+  // pack-objects writes straight into its objects/pack (it knows every
+  // object's id, so nothing is inflated and hashed again, as index-pack
+  // behind a push must: a second or more for a big first mirror run), then
+  // the branch moved by update-ref's compare-and-swap. What `git clone
+  // --local` is to cloning. With any hook the push runs, so that they do.
+  static std::optional<std::string> localBareWithoutHooks(const std::string& url) {
+    std::string path = url.rfind("file://", 0) == 0 ? url.substr(7) : url;
+    if (path.empty() || path[0] != '/') return std::nullopt;
+    std::error_code ec;
+    namespace fs = std::filesystem;
+    if (!fs::is_directory(path + "/objects/pack", ec) || !fs::is_regular_file(path + "/HEAD", ec) ||
+        fs::exists(path + "/.git", ec)) {
+      return std::nullopt;
+    }
+    for (const char* hook : {"pre-receive", "update", "post-receive", "post-update", "reference-transaction",
+                             "proc-receive", "push-to-checkout"}) {
+      if (fs::exists(path + "/hooks/" + hook, ec)) return std::nullopt;
+    }
+    return path;
+  }
+
+  void publishLocal(const Repo& repo, const std::string& path, const std::string& branch,
+                    const std::string& revision, const std::string& expected, std::function<void(Status)> done) {
+    const std::string target = "refs/heads/" + branch;
+    auto diverged = [url = repo.url, branch, expected] {
+      return Error{"diverged: branch " + branch + " of " + url + " is no longer " +
+                   (expected.empty() ? "absent" : "at " + expected) + " (someone else moved it); nothing was published"};
+    };
+    std::weak_ptr<State> weak = state_;
+    // Hooks configured elsewhere (core.hooksPath) also mean: push.
+    state_->git(
+        spec({"git", "--git-dir=" + path, "config", "--get", "core.hooksPath"}, kLocalTimeout),
+        [this, weak, repo, path, branch, revision, expected, target, diverged,
+         done = std::move(done)](ProcessResult hooks) mutable {
+          auto self = weak.lock();
+          if (!self) return;
+          if (!hooks.started || hooks.exit_code != 1) return pushPublish(repo, branch, revision, expected, std::move(done));
+          ProcessSpec pack = spec({"git", "--git-dir=" + repo.proxy, "pack-objects", "--revs", "--quiet",
+                                   "--delta-base-offset", path + "/objects/pack/pack"},
+                                  kNetworkTimeout);
+          pack.stdin_pipe = true;
+          auto packed = [weak, path, revision, expected, target, diverged, done = std::move(done)](ProcessResult r) {
+            auto self = weak.lock();
+            if (!self) return;
+            if (!r.ok()) return done(failure("git pack-objects into " + path, std::move(r)));
+            const std::string old = expected.empty() ? std::string(revision.size(), '0') : expected;
+            self->git(spec({"git", "--git-dir=" + path, "update-ref", "-m", "pefnos mirror", "--end-of-options",
+                            target, revision, old},
+                           kLocalTimeout),
+                      [revision, target, path, diverged, done](ProcessResult u) {
+                        if (u.ok()) return done(ok());
+                        // Already there (a run that died after publishing): done.
+                        if (u.err.find("is at " + revision) != std::string::npos) return done(ok());
+                        if (u.err.find("but expected") != std::string::npos ||
+                            u.err.find("already exists") != std::string::npos ||
+                            u.err.find("unable to resolve reference") != std::string::npos) {
+                          return done(diverged());
+                        }
+                        done(failure("git update-ref " + target + " in " + path, std::move(u)));
+                      });
+          };
+          auto process = self->git(std::move(pack), std::move(packed));
+          std::string revs = revision + "\n" + (expected.empty() ? "" : "^" + expected + "\n");
+          feedInput(process, [revs, given = false]() mutable {
+            if (given) return std::string();
+            given = true;
+            return revs;
+          });
+        });
   }
 
   void forget(const Repo& repo, std::function<void(Status)> done) override {

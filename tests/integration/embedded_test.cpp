@@ -92,6 +92,17 @@ TEST(Up, DemoServesCommandsAndCtrlCLeavesNoProcessBehind) {
       EXPECT_EQ(status.status, 200);
       EXPECT_NE(status.body.find("\"succeeded\":4"), std::string::npos) << status.body;
       EXPECT_NE(status.body.find("\"workers\":1"), std::string::npos) << status.body;
+      auto page = test::request(std::stoi(m[1]), "GET", "/");
+      EXPECT_EQ(page.status, 200);
+      EXPECT_NE(page.body.find("<html"), std::string::npos);
+      // The Bazaar branch is mirrored into git (5 s after it was polled).
+      EXPECT_TRUE(waitUntil([&] { return scalar("SELECT count(*) FROM pefnos.mirror_run WHERE state = 'succeeded'") == "1"; },
+                            seconds(60)))
+          << scalar("SELECT coalesce(string_agg(state || ' ' || coalesce(error, ''), ','), 'none') FROM pefnos.mirror_run")
+          << up.output();
+      EXPECT_EQ(scalar("SELECT count(*) || ' ' || bool_and(ok) FROM pefnos.mirror_verify"), "1 true");
+      auto [grc, readme] = test::run({"git", "--git-dir=" + home + "/demo/demo-bzr-mirror.git", "show", "trunk:README"});
+      EXPECT_EQ(readme, "The pefnos demo branch, in Bazaar.\n");
     }
 
     EXPECT_EQ(up.stop(SIGINT, seconds(60)), 0) << up.output();

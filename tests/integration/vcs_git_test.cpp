@@ -851,6 +851,35 @@ TEST_F(VcsGitMirrorTest, PublishRefusesAnUpstreamThatMovedAndLeavesItUntouched) 
   EXPECT_EQ(missing.error().message.find("diverged"), std::string::npos) << missing.error().message;
 }
 
+// A local upstream with a receive hook gets a real push, so that the hook
+// runs; without one, objects go in as a pack and the branch moves by
+// update-ref (the test above): both refuse an upstream that moved.
+TEST_F(VcsGitMirrorTest, AnUpstreamWithAReceiveHookIsPushedToAndItsHookRuns) {
+  const std::string marker = dst_up + "/hook-ran";
+  {
+    std::ofstream hook(dst_up + "/hooks/post-receive");
+    hook << "#!/bin/sh\ncat > " << marker << "\n";
+  }
+  std::filesystem::permissions(dst_up + "/hooks/post-receive", std::filesystem::perms::owner_all);
+  std::string first = commitFile(src_up, "a.txt", "first");
+  std::string second = commitFile(src_up, "b.txt", "second");
+  ASSERT_TRUE(updateProxy(src, {"main"}));
+  ASSERT_TRUE(updateProxy(dst, {}));
+  auto m = mirror(exportSpec(second), importSpec());
+  ASSERT_TRUE(m.imported) << m.imported.error().message;
+  ASSERT_TRUE(publish(first, ""));
+  ASSERT_TRUE(std::filesystem::exists(marker)) << "the push ran the upstream's hook";
+  auto wrong = publish(second, second);
+  ASSERT_FALSE(wrong);
+  EXPECT_NE(wrong.error().message.find("diverged"), std::string::npos) << wrong.error().message;
+  ASSERT_TRUE(publish(second, first));
+  EXPECT_EQ(git(dst_up, {"rev-parse", "refs/heads/main"}), second);
+  std::ifstream in(marker);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, first + " " + second + " refs/heads/main");
+}
+
 TEST_F(VcsGitMirrorTest, ImportRefusesHistoryThatDoesNotContainTheUpstreamHead) {
   std::string first = commitFile(src_up, "a.txt", "first");
   ASSERT_TRUE(updateProxy(src, {"main"}));
