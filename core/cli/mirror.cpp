@@ -80,6 +80,10 @@ int ctlVerify(const DbArgs& a, const std::string& mirror, bool all, int timeout_
       auto r = nlohmann::json::parse(c[1].as<std::string>());
       std::cout << "verified " << r.value("verified", 0) << " revisions of " << mirror << ": "
                 << r.value("failed", 0) << " differ\n";
+      if (r.value("unverified", 0) > 0) {
+        std::cout << r.value("unverified", 0) << " could not be checked, first: "
+                  << r.value("first_unverified", std::string()) << "\n";
+      }
       if (r.contains("first_failure")) {
         const auto& f = r["first_failure"];
         std::cout << "first difference: " << f.value("summary", f.dump()) << "\n";
@@ -89,7 +93,7 @@ int ctlVerify(const DbArgs& a, const std::string& mirror, bool all, int timeout_
                     << d.value("error", std::string()) << "\n";
         }
       }
-      return r.value("failed", 0) == 0 ? 0 : 2;
+      return r.value("failed", 0) == 0 && r.value("unverified", 0) == 0 ? 0 : 2;
     }
     if (std::chrono::steady_clock::now() > deadline) {
       fail("command " + std::to_string(command) + " is still " + state + " after " +

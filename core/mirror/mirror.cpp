@@ -16,25 +16,43 @@ using json = nlohmann::json;
 // Comparisons
 
 std::string normalText(const std::string& s) {
+  // Invalid UTF-8 becomes one U+FFFD per maximal subpart (what Python's
+  // 'replace' does, and so what Breezy stores): overlongs, surrogates and
+  // values beyond U+10FFFF are invalid.
+  auto in = [](unsigned char b, unsigned char lo, unsigned char hi) { return b >= lo && b <= hi; };
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size();) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    bool valid = len > 0 && i + len <= s.size();
-    for (size_t k = 1; valid && k < len; ++k) valid = (static_cast<unsigned char>(s[i + k]) >> 6) == 2;
-    if (valid && len == 2 && c < 0xc2) valid = false;  // overlong
-    if (!valid) {
-      out += "\xef\xbf\xbd";
-      ++i;
-      continue;
-    }
+    const unsigned char c = static_cast<unsigned char>(s[i]);
     if (c == '\r' && i + 1 < s.size() && s[i + 1] == '\n') {
       ++i;
       continue;
     }
-    out.append(s, i, len);
-    i += len;
+    if (c < 0x80) {
+      out.push_back(static_cast<char>(c));
+      ++i;
+      continue;
+    }
+    size_t need = 0;
+    unsigned char lo = 0x80, hi = 0xbf;  // the range of the second byte
+    if (in(c, 0xc2, 0xdf)) need = 1;
+    else if (c == 0xe0) need = 2, lo = 0xa0;
+    else if (in(c, 0xe1, 0xec) || in(c, 0xee, 0xef)) need = 2;
+    else if (c == 0xed) need = 2, hi = 0x9f;
+    else if (c == 0xf0) need = 3, lo = 0x90;
+    else if (in(c, 0xf1, 0xf3)) need = 3;
+    else if (c == 0xf4) need = 3, hi = 0x8f;
+    size_t k = 1;
+    for (; need && k <= need && i + k < s.size(); ++k) {
+      const unsigned char b = static_cast<unsigned char>(s[i + k]);
+      if (!(k == 1 ? in(b, lo, hi) : in(b, 0x80, 0xbf))) break;
+    }
+    if (need && k == need + 1) {
+      out.append(s, i, k);
+    } else {
+      out += "\xef\xbf\xbd";
+    }
+    i += k;
   }
   while (!out.empty() && (out.back() == '\n' || out.back() == ' ' || out.back() == '\t' ||
                           out.back() == '\r')) {
@@ -168,6 +186,7 @@ struct Mirrors::Run {
   std::vector<std::pair<std::string, std::string>> known;
   std::unordered_map<std::string, uint64_t> known_source, known_target;
   std::string target_before;  // the target upstream's head at the start ("": none)
+  std::vector<std::string> published;  // where this mirror may have left the target (plain mirrors)
 
   std::unique_ptr<StreamFilter> filter;
   std::shared_ptr<Running> exporter;
@@ -200,6 +219,8 @@ struct Mirrors::Check {
   json rows = json::array();
   bool read_metadata = true;     // false: trees only (the metadata could not be listed)
   std::optional<json> mismatch;  // the first failing row
+  std::optional<std::string> unverified;  // why the first revision could not be checked
+  size_t unverified_count = 0;
   std::function<void(size_t done_count)> progress;
 };
 
@@ -258,7 +279,11 @@ JOIN pefnos.branch_head h ON h.branch_id = m.source_branch_id
 JOIN pefnos.branch sb ON sb.id = m.source_branch_id
 LEFT JOIN LATERAL (SELECT r.state, r.finished_at, r.lease_until FROM pefnos.mirror_run r
                    WHERE r.mirror_id = m.id ORDER BY r.id DESC LIMIT 1) last ON true
-WHERE m.active AND (
+WHERE m.active
+AND NOT EXISTS (SELECT 1 FROM pefnos.mirror_run r2 JOIN pefnos.mirror o2 ON o2.id = r2.mirror_id
+                WHERE r2.state = 'running' AND r2.lease_until >= now()
+                  AND (o2.id = m.id OR (m.collection IS NOT NULL AND o2.collection = m.collection)))
+AND (
   (last.state = 'running' AND last.lease_until < now())
   OR (last.state = 'interrupted' AND last.finished_at < now() - make_interval(secs => $1))
   OR ((last.state IS NULL OR last.state = 'succeeded')
@@ -289,20 +314,38 @@ ORDER BY m.id LIMIT 16)",
 void Mirrors::renewLeases() {
   std::vector<long long> ids;
   for (const auto& [mid, run] : runs_) {
-    if (run->id) ids.push_back(run->id);
+    if (run->id && !run->finished) ids.push_back(run->id);
   }
   if (ids.empty()) return;
   json j = ids;
-  db_.transact<Done>(
+  auto alive = alive_;
+  db_.transact<std::vector<long long>>(
       [j, master = options_.master, lease = options_.lease_seconds](pqxx::work& tx) {
-        tx.exec_params(
-            "UPDATE pefnos.mirror_run SET lease_until = now() + make_interval(secs => $3) "
-            "WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) "
-            "AND state = 'running' AND claimed_by = $2",
-            j.dump(), master, lease);
-        return Done{};
+        std::vector<long long> held;
+        for (const auto& r : tx.exec_params(
+                 "UPDATE pefnos.mirror_run SET lease_until = now() + make_interval(secs => $3) "
+                 "WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) "
+                 "AND state = 'running' AND claimed_by = $2 RETURNING id",
+                 j.dump(), master, lease)) {
+          held.push_back(r[0].as<long long>());
+        }
+        return held;
       },
-      [](Result<Done>) {});
+      [this, alive, ids](Result<std::vector<long long>> held) {
+        if (!*alive || !held) return;  // the database is away: the next renewal tries again
+        // A run whose row is no longer ours (another master took it over after
+        // our lease lapsed) stops here rather than streaming on for nothing.
+        for (long long id : ids) {
+          if (std::find(held->begin(), held->end(), id) != held->end()) continue;
+          for (auto& [mid, run] : runs_) {
+            if (run->id == id && !run->finished) {
+              auto keep = run;
+              finish(keep, "interrupted", "the run lost its lease to another master");
+              break;
+            }
+          }
+        }
+      });
 }
 
 void Mirrors::runNow(int mirror_id, std::function<void(Result<json>)> done) {
@@ -321,7 +364,44 @@ struct Claim {
   int source_repository = 0;
   std::string source_branch, source_head;
   std::vector<std::pair<std::string, std::string>> known;
+  std::vector<std::string> published;
 };
+
+// The revisions both ends of a mirror share, as (source, target): its own
+// marks, or for a collection every revision the collection's marks make
+// equal across its members (union-find over (repository, revision)).
+std::vector<std::pair<std::string, std::string>> knownPairs(pqxx::work& tx, const config::Mirror& cfg,
+                                                            int source_repository) {
+  std::vector<std::pair<std::string, std::string>> known;
+  if (!cfg.collection) {
+    for (const auto& r : tx.exec_params(
+             "SELECT source_revision, target_revision FROM pefnos.mirror_mark WHERE mirror_id = $1", cfg.id)) {
+      known.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
+    }
+    return known;
+  }
+  Equivalence eq;
+  for (const auto& r : tx.exec_params(
+           "SELECT sb.repository_id, k.source_revision, m.target_repository_id, k.target_revision "
+           "FROM pefnos.mirror_mark k JOIN pefnos.mirror m ON m.id = k.mirror_id "
+           "JOIN pefnos.branch sb ON sb.id = m.source_branch_id WHERE m.collection = $1",
+           *cfg.collection)) {
+    eq.join(node(r[0].as<int>(), r[1].as<std::string>()), node(r[2].as<int>(), r[3].as<std::string>()));
+  }
+  std::unordered_map<std::string, std::string> source_of, target_of;  // class -> revision
+  const std::string sp = std::to_string(source_repository) + ":";
+  const std::string tp = std::to_string(cfg.target_repository_id) + ":";
+  std::vector<std::string> all;
+  for (const auto& [n, p] : eq.nodes()) all.push_back(n);
+  for (const auto& n : all) {
+    if (n.rfind(sp, 0) == 0) source_of[eq.find(n)] = n.substr(sp.size());
+    if (n.rfind(tp, 0) == 0) target_of[eq.find(n)] = n.substr(tp.size());
+  }
+  for (const auto& [cls, src] : source_of) {
+    if (auto t = target_of.find(cls); t != target_of.end()) known.emplace_back(src, t->second);
+  }
+  return known;
+}
 }  // namespace
 
 void Mirrors::begin(int mirror_id, bool forced, std::function<void(Result<json>)> done) {
@@ -380,34 +460,15 @@ void Mirrors::begin(int mirror_id, bool forced, std::function<void(Result<json>)
                          cfg.id, master, lease, c.source_head)[0][0]
                        .as<long long>();
         notifyRun(tx, cfg.id, c.run_id, "running");
-        if (!cfg.collection) {
-          for (const auto& r : tx.exec_params(
-                   "SELECT source_revision, target_revision FROM pefnos.mirror_mark WHERE mirror_id = $1",
-                   cfg.id)) {
-            c.known.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
-          }
-          return c;
-        }
-        // A collection: revisions are the same across members through any marks.
-        Equivalence eq;
+        c.known = knownPairs(tx, cfg, c.source_repository);
+        // Where this mirror left the target: the last succeeded run's head,
+        // and the heads of the runs after it that recorded one (they may have
+        // published before they died).
         for (const auto& r : tx.exec_params(
-                 "SELECT sb.repository_id, k.source_revision, m.target_repository_id, k.target_revision "
-                 "FROM pefnos.mirror_mark k JOIN pefnos.mirror m ON m.id = k.mirror_id "
-                 "JOIN pefnos.branch sb ON sb.id = m.source_branch_id WHERE m.collection = $1",
-                 *cfg.collection)) {
-          eq.join(node(r[0].as<int>(), r[1].as<std::string>()), node(r[2].as<int>(), r[3].as<std::string>()));
-        }
-        std::unordered_map<std::string, std::string> source_of, target_of;  // class -> revision
-        const std::string sp = std::to_string(c.source_repository) + ":";
-        const std::string tp = std::to_string(cfg.target_repository_id) + ":";
-        std::vector<std::string> all;
-        for (const auto& [n, p] : eq.nodes()) all.push_back(n);
-        for (const auto& n : all) {
-          if (n.rfind(sp, 0) == 0) source_of[eq.find(n)] = n.substr(sp.size());
-          if (n.rfind(tp, 0) == 0) target_of[eq.find(n)] = n.substr(tp.size());
-        }
-        for (const auto& [cls, s] : source_of) {
-          if (auto t = target_of.find(cls); t != target_of.end()) c.known.emplace_back(s, t->second);
+                 "SELECT target_head FROM pefnos.mirror_run WHERE mirror_id = $1 AND target_head IS NOT NULL "
+                 "AND id >= (SELECT max(id) FROM pefnos.mirror_run WHERE mirror_id = $1 AND state = 'succeeded')",
+                 cfg.id)) {
+          c.published.push_back(r[0].as<std::string>());
         }
         return c;
       },
@@ -426,6 +487,7 @@ void Mirrors::begin(int mirror_id, bool forced, std::function<void(Result<json>)
         run->source_branch = c->source_branch;
         run->source_head = c->source_head;
         run->known = std::move(c->known);
+        run->published = std::move(c->published);
         claimed(run);
       });
 }
@@ -461,6 +523,19 @@ void Mirrors::targetHead(std::shared_ptr<Run> run) {
       for (const auto& h : *heads) {
         if (h.branch == run->cfg.target_branch) run->target_before = h.revision;
       }
+    }
+    // A plain mirror's target is where it left it, or someone else moved it
+    // (back included, or deleted). A collection's target moves with its
+    // members: any revision the collection shares will do.
+    const bool moved = !run->cfg.collection && !run->published.empty() &&
+                       std::find(run->published.begin(), run->published.end(), run->target_before) ==
+                           run->published.end();
+    if (moved) {
+      return finish(run, "failed",
+                    "diverged: the target branch " + run->cfg.target_branch + " is " +
+                        (run->target_before.empty() ? "gone" : "at " + run->target_before) +
+                        ", not where this mirror left it (" + run->published.back() + "); nothing was overwritten",
+                    json{{"target_head", run->target_before}});
     }
     if (!run->target_before.empty() && !run->known_target.count(run->target_before)) {
       return finish(run, "failed",
@@ -635,6 +710,16 @@ void Mirrors::verify(std::shared_ptr<Run> run) {
   auto both = [this, alive, run, c, pending, failed] {
     if (!*alive || run->finished || --*pending > 0) return;
     if (*failed) return finish(run, "interrupted", "verification: " + (*failed)->message);
+    // The new history the source lists is what the stream carried: a
+    // revision it left out (a dropped merge parent) is a difference.
+    for (const auto& [rev, info] : c->source_info) {
+      if (!c->to_target.count(rev)) {
+        return finish(run, "failed",
+                      "verification failed: the source revision " + rev +
+                          " is in the new history but the stream did not carry it",
+                      json{{"revision", rev}});
+      }
+    }
     check(c, [this, alive, run, c] {
       if (!*alive || run->finished) return;
       run->verified = std::move(c->rows);
@@ -642,6 +727,7 @@ void Mirrors::verify(std::shared_ptr<Run> run) {
         std::string what = (*c->mismatch)["summary"].get<std::string>();
         return finish(run, "failed", "verification failed: " + what, *c->mismatch);
       }
+      if (c->unverified) return finish(run, "interrupted", "verification could not run: " + *c->unverified);
       record(run);
     });
   };
@@ -684,21 +770,24 @@ void Mirrors::checkOne(std::shared_ptr<Check> c, const std::string& s, const std
                                            {"differences", json::array()}});
     const auto& sd = *digests->first;
     const auto& td = *digests->second;
-    if (!sd || !td) {
-      (*row)["differences"].push_back({{"field", "tree"},
-                                       {"source", sd ? sd.value() : "error: " + sd.error().message},
-                                       {"target", td ? td.value() : "error: " + td.error().message}});
-    } else {
-      (*row)["source_tree"] = sd.value();
-      (*row)["target_tree"] = td.value();
-    }
+    // What could not be read is not a difference: the revision stays
+    // unverified (a run ends 'interrupted' and is retried).
+    auto unverified = [this, c, done](const std::string& why) {
+      if (!c->unverified) c->unverified = why;
+      ++c->unverified_count;
+      --c->in_flight;
+      check(c, done);
+    };
+    if (!sd) return unverified("source tree of " + s + ": " + sd.error().message);
+    if (!td) return unverified("target tree of " + t + ": " + td.error().message);
+    (*row)["source_tree"] = sd.value();
+    (*row)["target_tree"] = td.value();
     auto si = c->source_info.find(s);
     auto ti = c->target_info.find(t);
     if (si == c->source_info.end() || ti == c->target_info.end()) {
       if (c->read_metadata) {
-        (*row)["differences"].push_back({{"field", "metadata"},
-                                         {"error", si == c->source_info.end() ? "source revision not listed"
-                                                                              : "target revision not listed"}});
+        return unverified(si == c->source_info.end() ? "source revision " + s + " was not listed"
+                                                     : "target revision " + t + " was not listed");
       }
     } else {
       std::vector<std::string> expected;
@@ -858,10 +947,6 @@ void Mirrors::finish(std::shared_ptr<Run> run, const std::string& state, const s
               " s, publish ", span(run->recorded_ms, now), " s)");
   } else {
     log::warning("mirror", run->cfg.name, ": run ", run->id, " ", state, ": ", error);
-    json d{{"mirror", run->cfg.name}, {"run", run->id}};
-    if (!details.is_null()) d["details"] = details;
-    event(state == "failed" ? "error" : "warning",
-          "mirror " + run->cfg.name + " " + state + ": " + error, d);
   }
   auto alive = alive_;
   auto reply = [this, alive, run, state, error, revisions] {
@@ -876,15 +961,33 @@ void Mirrors::finish(std::shared_ptr<Run> run, const std::string& state, const s
       }
     }
   };
-  if (!run->id) return reply();
+  json event_details{{"mirror", run->cfg.name}, {"run", run->id}};
+  if (!details.is_null()) event_details["details"] = details;
+  if (!run->id) {
+    if (state != "succeeded") {
+      event(state == "failed" ? "error" : "warning", "mirror " + run->cfg.name + " " + state + ": " + error,
+            event_details);
+    }
+    return reply();
+  }
   json failed_row = json::array();
   if (details.is_object() && details.contains("source_revision")) failed_row.push_back(details);
   db_.transact<Done>(
-      [run, state, error, failed_row](pqxx::work& tx) {
+      [run, state, error, failed_row, event_details](pqxx::work& tx) {
         tx.exec_params(
             "UPDATE pefnos.mirror_run SET state = $2, error = NULLIF($3, ''), finished_at = now() "
             "WHERE id = $1 AND state = 'running'",
             run->id, state, error);
+        // An event when something went wrong, once: a mirror retried every
+        // 30 s against an unreachable target does not fill the table.
+        if (state != "succeeded") {
+          tx.exec_params(
+              "INSERT INTO pefnos.event (level, source, message, details) "
+              "SELECT $1, 'mirror', $2, $3::jsonb WHERE (SELECT ROW(r.state, r.error) FROM pefnos.mirror_run r "
+              "WHERE r.mirror_id = $4 AND r.id < $5 ORDER BY r.id DESC LIMIT 1) IS DISTINCT FROM ROW($6::text, $7::text)",
+              state == "failed" ? "error" : "warning", "mirror " + run->cfg.name + " " + state + ": " + error,
+              event_details.dump(-1, ' ', false, json::error_handler_t::replace), run->cfg.id, run->id, state, error);
+        }
         notifyRun(tx, run->cfg.id, run->id, state);
         insertVerified(tx, run->cfg.id, run->id, failed_row);
         return Done{};
@@ -911,11 +1014,19 @@ void Mirrors::event(const std::string& level, const std::string& message, const 
 
 namespace {
 struct Mapping {
-  std::vector<std::pair<std::string, std::string>> marks;
+  std::vector<std::pair<std::string, std::string>> marks;  // what this mirror carried
+  std::vector<std::pair<std::string, std::string>> known;  // every shared revision (collections)
   int source_repository = 0;
   std::string source_head, target_head;
 };
 }  // namespace
+
+struct Mirrors::VerifyAll {
+  std::shared_ptr<Check> c;
+  std::function<void(Result<json>)> end;
+  std::string name;
+  size_t flushed = 0;
+};
 
 void Mirrors::verifyAll(int mirror_id, std::function<void(Result<json>)> done) {
   auto cfg = model_.mirror(mirror_id);
@@ -923,7 +1034,9 @@ void Mirrors::verifyAll(int mirror_id, std::function<void(Result<json>)> done) {
   if (verifying_.count(mirror_id)) return done(Error{"mirror " + cfg->name + " is being verified already"});
   verifying_.insert(mirror_id);
   auto alive = alive_;
-  auto end = [this, alive, mirror_id, done](Result<json> r) {
+  auto v = std::make_shared<VerifyAll>();
+  v->name = cfg->name;
+  v->end = [this, alive, mirror_id, done](Result<json> r) {
     if (!*alive) return;
     verifying_.erase(mirror_id);
     done(std::move(r));
@@ -939,6 +1052,7 @@ void Mirrors::verifyAll(int mirror_id, std::function<void(Result<json>)> done) {
         }
         m.source_repository = tx.exec_params("SELECT repository_id FROM pefnos.branch WHERE id = $1",
                                              cfg.source_branch_id)[0][0].as<int>();
+        m.known = knownPairs(tx, cfg, m.source_repository);
         auto last = tx.exec_params(
             "SELECT source_head, target_head FROM pefnos.mirror_run WHERE mirror_id = $1 "
             "AND target_head IS NOT NULL ORDER BY id DESC LIMIT 1",
@@ -949,80 +1063,92 @@ void Mirrors::verifyAll(int mirror_id, std::function<void(Result<json>)> done) {
         }
         return m;
       },
-      [this, alive, cfg, end](Result<Mapping> m) {
+      [this, alive, cfg, v](Result<Mapping> m) {
         if (!*alive) return;
-        if (!m) return end(m.error());
+        if (!m) return v->end(m.error());
         auto source = scheduler_.resolve(m->source_repository);
         auto target = scheduler_.resolve(cfg->target_repository_id);
-        if (!source) return end(Error{"source: " + source.error().message});
-        if (!target) return end(Error{"target: " + target.error().message});
+        if (!source) return v->end(Error{"source: " + source.error().message});
+        if (!target) return v->end(Error{"target: " + target.error().message});
         auto c = std::make_shared<Check>();
+        v->c = c;
         c->mirror_id = cfg->id;
         c->source = *source;
         c->target = *target;
         c->pairs = m->marks;
+        for (const auto& [s, t] : m->known) c->to_target[s] = t;
         for (const auto& [s, t] : m->marks) c->to_target[s] = t;
-        const size_t total = c->pairs.size();
-        log::info("mirror", cfg->name, ": verifying ", total, " revisions");
-        // Rows go to the database a hundred at a time: progress a GUI can follow.
-        auto flushed = std::make_shared<size_t>(0);
-        auto flush = [this, c, flushed, mirror_id = cfg->id](bool all) {
-          if (c->rows.size() - *flushed < (all ? 1 : 100)) return;
-          json batch(c->rows.begin() + static_cast<long>(*flushed), c->rows.end());
-          *flushed = c->rows.size();
-          db_.transact<Done>(
-              [batch, mirror_id](pqxx::work& tx) {
-                insertVerified(tx, mirror_id, 0, batch);
-                return Done{};
-              },
-              [](Result<Done>) {}, db::Retry::on_reconnect);
+        // Metadata is compared where both sides list it; trees always.
+        c->read_metadata = false;
+        log::info("mirror", cfg->name, ": verifying ", c->pairs.size(), " revisions");
+        std::weak_ptr<VerifyAll> weak = v;
+        c->progress = [this, weak](size_t n) {
+          auto v = weak.lock();
+          if (!v) return;
+          flushVerified(*v, false);
+          if (n % 500 == 0) log::info("mirror", v->name, ": verified ", n, " of ", v->c->pairs.size());
         };
-        c->progress = [flush, total, name = cfg->name](size_t n) {
-          flush(false);
-          if (n % 500 == 0) log::info("mirror", name, ": verified ", n, " of ", total);
-        };
-        auto run = [this, alive, c, end, flush, total] {
-          if (!*alive) return;
-          // Every pair, even after a mismatch: --all reports them all.
-          auto finishAll = std::make_shared<std::function<void()>>();
-          *finishAll = [this, alive, c, end, flush, total, finishAll] {
-            if (!*alive) return;
-            if (c->next < c->pairs.size()) {
-              c->mismatch.reset();
-              return check(c, *finishAll);
-            }
-            flush(true);
-            size_t bad = 0;
-            json first;
-            for (const auto& r : c->rows) {
-              if (!r.value("ok", false)) {
-                if (!bad) first = r;
-                ++bad;
-              }
-            }
-            json out{{"verified", c->rows.size()}, {"failed", bad}, {"total", total}};
-            if (bad) out["first_failure"] = first;
-            end(out);
-          };
-          check(c, *finishAll);
-        };
-        if (m->source_head.empty()) return run();
+        if (m->source_head.empty()) return verifyAllNext(v);
         auto pending = std::make_shared<int>(2);
-        auto both = [c, pending, run](bool ok) {
-          if (!ok) c->read_metadata = false;
-          if (--*pending == 0) run();
+        auto both = [this, v, pending] {
+          if (--*pending == 0) verifyAllNext(v);
         };
-        c->source.vcs->listCommits(c->source.repo, m->source_head, {}, total + 16,
+        // Every revision of each side's history, however it got there (a
+        // collection's branch holds revisions other members carried in).
+        constexpr size_t kAll = 1u << 22;
+        c->source.vcs->listCommits(c->source.repo, m->source_head, {}, kAll,
                                    [c, both](Result<std::vector<CommitInfo>> r) {
                                      if (r) for (auto& ci : *r) c->source_info[ci.revision] = std::move(ci);
-                                     both(r.ok());
+                                     both();
                                    });
-        c->target.vcs->listCommits(c->target.repo, m->target_head, {}, total + 16,
+        c->target.vcs->listCommits(c->target.repo, m->target_head, {}, kAll,
                                    [c, both](Result<std::vector<CommitInfo>> r) {
                                      if (r) for (auto& ci : *r) c->target_info[ci.revision] = std::move(ci);
-                                     both(r.ok());
+                                     both();
                                    });
       });
+}
+
+// Rows go to the database a hundred at a time: progress a GUI can follow.
+void Mirrors::flushVerified(VerifyAll& v, bool all) {
+  const auto& rows = v.c->rows;
+  if (rows.size() - v.flushed < (all ? 1 : 100)) return;
+  json batch(rows.begin() + static_cast<long>(v.flushed), rows.end());
+  v.flushed = rows.size();
+  db_.transact<Done>(
+      [batch, mirror_id = v.c->mirror_id](pqxx::work& tx) {
+        insertVerified(tx, mirror_id, 0, batch);
+        return Done{};
+      },
+      [](Result<Done>) {}, db::Retry::on_reconnect);
+}
+
+// Every pair, even after a mismatch: --all reports them all.
+void Mirrors::verifyAllNext(std::shared_ptr<VerifyAll> v) {
+  auto alive = alive_;
+  check(v->c, [this, alive, v] {
+    if (!*alive) return;
+    auto& c = *v->c;
+    if (c.next < c.pairs.size()) {
+      c.mismatch.reset();
+      return verifyAllNext(v);
+    }
+    flushVerified(*v, true);
+    c.progress = nullptr;
+    size_t bad = 0;
+    json first;
+    for (const auto& r : c.rows) {
+      if (!r.value("ok", false)) {
+        if (!bad) first = r;
+        ++bad;
+      }
+    }
+    json out{{"verified", c.rows.size()}, {"failed", bad}, {"unverified", c.unverified_count},
+             {"total", c.pairs.size()}};
+    if (bad) out["first_failure"] = first;
+    if (c.unverified) out["first_unverified"] = *c.unverified;
+    v->end(out);
+  });
 }
 
 }  // namespace pefnos::mirror

@@ -80,6 +80,7 @@ class Mirrors {
 
   struct Run;
   struct Check;
+  struct VerifyAll;
 
  private:
   void tick();
@@ -99,6 +100,8 @@ class Mirrors {
                 std::function<void()> done);
   void conclude(std::shared_ptr<Check> c, std::shared_ptr<nlohmann::json> row, std::function<void()> done);
   void event(const std::string& level, const std::string& message, const nlohmann::json& details);
+  void verifyAllNext(std::shared_ptr<VerifyAll> v);
+  void flushVerified(VerifyAll& v, bool all);
 
   uv_loop_t* loop_;
   db::Database& db_;

@@ -162,7 +162,8 @@ class Vcs {
 
   // Makes `revision` (in the proxy, from fastImport) the upstream's `branch`,
   // only if the branch is still at `expected` ("": only if it does not exist
-  // yet): never overwrites what someone else committed there. Credentials for
+  // yet) and only forward (`expected` is an ancestor of `revision`): never
+  // overwrites what someone else committed there. Already at `revision`: done. Credentials for
   // the upstream are the master's (its environment and configuration).
   virtual void publish(const Repo& repo, const std::string& branch, const std::string& revision,
                        const std::string& expected, std::function<void(Status)> done) {

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <random>
 #include <set>
 #include <unordered_map>
 
@@ -306,9 +307,12 @@ class Export : public std::enable_shared_from_this<Export> {
     if (chain_->killed()) return finish(Error{"the export of " + spec_.revision + " was killed"});
     auto state = state_.lock();
     if (!state) return;
-    static uint64_t counter = 0;
-    temp_ref_ =
-        repo_.ref_prefix + "-export/" + std::to_string(getpid()) + "-" + std::to_string(++counter);
+    // Random, not pid and counter: a master killed mid-export leaves its ref
+    // (forget() drops it), and its next life often has the same pid.
+    static std::mt19937_64 random{std::random_device{}()};
+    char name[17];
+    std::snprintf(name, sizeof name, "%016llx", static_cast<unsigned long long>(random()));
+    temp_ref_ = repo_.ref_prefix + "-export/" + name;
     auto self = shared_from_this();
     // "": the ref must not exist yet.
     state->git(spec(inProxy(repo_, {"update-ref", temp_ref_, spec_.revision, ""}), kLocalTimeout),
@@ -813,10 +817,26 @@ class GitVcs final : public Vcs {
     if (valid) valid = checkRevision(revision);
     if (valid && !expected.empty()) valid = checkRevision(expected);
     if (!valid) return later(std::move(done), valid.error());
-    if (auto local = localBareWithoutHooks(repo.url)) {
-      return publishLocal(repo, *local, branch, revision, expected, std::move(done));
-    }
-    pushPublish(repo, branch, revision, expected, std::move(done));
+    auto go = [this, repo, branch, revision, expected](std::function<void(Status)> done) {
+      if (auto local = localBareWithoutHooks(repo.url)) {
+        return publishLocal(repo, *local, branch, revision, expected, std::move(done));
+      }
+      pushPublish(repo, branch, revision, expected, std::move(done));
+    };
+    if (expected.empty() || expected == revision) return go(std::move(done));
+    // Only forward: a mirror never takes a branch back over commits (a
+    // lease alone would allow any move from `expected`).
+    std::weak_ptr<State> weak = state_;
+    state_->git(spec(inProxy(repo, {"merge-base", "--is-ancestor", expected, revision}), kLocalTimeout),
+                [weak, go, url = repo.url, branch, expected, revision, done = std::move(done)](ProcessResult r) mutable {
+                  if (!weak.lock()) return;
+                  if (r.ok()) return go(std::move(done));
+                  if (r.started && r.exit_code == 1) {
+                    return done(Error{"diverged: moving branch " + branch + " of " + url + " from " + expected +
+                                      " to " + revision + " would not be a fast-forward; nothing was published"});
+                  }
+                  done(failure("git merge-base --is-ancestor " + expected + " " + revision, std::move(r)));
+                });
   }
 
   void pushPublish(const Repo& repo, const std::string& branch, const std::string& revision,

@@ -256,6 +256,31 @@ TEST_F(Mirror, ATargetChangedBySomeoneElseStopsTheMirrorAndIsNotOverwritten) {
   EXPECT_NE(sql("SELECT count(*) FROM pefnos.event WHERE source = 'mirror' AND message LIKE '%diverged%'"), "0");
 }
 
+TEST_F(Mirror, ATargetMovedBackBySomeoneElseIsDivergenceToo) {
+  const std::string main = src_->mainBranch();
+  src_->commit(main, "a.txt", "second");
+  src_->commit(main, "b.txt", "third");
+  const int srepo = addRepository("src", kSource, src_->url());
+  const int sbranch = addBranch(srepo, main);
+  const int trepo = addRepository("tgt", kTarget, tgt_->url());
+  const int mirror = addMirror("m", sbranch, trepo, "mirrored");
+  sql("UPDATE pefnos.mirror SET delay = 3600");
+  startMaster();
+  pollNow(srepo);
+  ASSERT_EQ(mirrorNow(mirror).first, "done") << master_->output();
+
+  // Every revision of the rewound target is one the mirror wrote: only
+  // knowing where it left the target tells that someone moved it.
+  const std::string rewound = tgt_->rewindOne("mirrored");
+  src_->commit(main, "c.txt", "fourth");
+  pollNow(srepo);
+  auto [state, out] = mirrorNow(mirror);
+  EXPECT_EQ(state, "failed");
+  EXPECT_NE(out.find("diverged"), std::string::npos) << out;
+  EXPECT_NE(out.find("not where this mirror left it"), std::string::npos) << out;
+  EXPECT_EQ(tgt_->head("mirrored"), rewound);
+}
+
 TEST_F(Mirror, AMarkThatDoesNotMatchTheTargetIsCaughtWithThePathNamed) {
   const std::string main = src_->mainBranch();
   src_->commit(main, {test::File{"a.txt", "good\n"}, test::File{"b.txt", "fine\n"}}, "second");

@@ -842,6 +842,12 @@ TEST_F(VcsGitMirrorTest, PublishRefusesAnUpstreamThatMovedAndLeavesItUntouched) 
 
   ASSERT_TRUE(publish(second, first));
   EXPECT_EQ(git(dst_up, {"rev-parse", "refs/heads/main"}), second);
+  // Never backwards, even from the expected head.
+  auto back = publish(first, second);
+  ASSERT_FALSE(back);
+  EXPECT_NE(back.error().message.find("fast-forward"), std::string::npos) << back.error().message;
+  EXPECT_EQ(git(dst_up, {"rev-parse", "refs/heads/main"}), second);
+  EXPECT_TRUE(publish(second, second)) << "already there";
   // Names that could be options never reach git as such.
   EXPECT_FALSE(publish("--all", first));
   EXPECT_FALSE(

@@ -155,6 +155,14 @@ TEST(Compare, TextIdentitiesAndDates) {
   EXPECT_EQ(normalText("msg\r\nline\n\n"), "msg\nline");
   EXPECT_EQ(normalText("caf\xe9"), "caf\xef\xbf\xbd");
   EXPECT_EQ(normalText("caf\xc3\xa9"), "caf\xc3\xa9");
+  // One U+FFFD per maximal subpart, as Python's 'replace' (and so Breezy) gives.
+  const std::string r = "\xef\xbf\xbd";
+  EXPECT_EQ(normalText("caf\xe9\x92s"), "caf" + r + "s");
+  EXPECT_EQ(normalText("\xed\xa0\x80x"), r + r + r + "x") << "a surrogate";
+  EXPECT_EQ(normalText("\xc0\xafx"), r + r + "x") << "an overlong";
+  EXPECT_EQ(normalText("\xf4\x90\x80\x80x"), r + r + r + r + "x") << "beyond U+10FFFF";
+  EXPECT_EQ(normalText("\xe2\x82"), r) << "cut short at the end";
+  EXPECT_EQ(normalText("\xf0\x9f\x98\x80"), "\xf0\x9f\x98\x80");
   EXPECT_EQ(splitIdentity("Ann Example <ann@example.org>"), (std::pair<std::string, std::string>{"Ann Example", "ann@example.org"}));
   EXPECT_EQ(splitIdentity("Ann <a@x>, Bob <b@x>").first, "Ann");
   EXPECT_EQ(splitIdentity("svnuser").first, "svnuser");
