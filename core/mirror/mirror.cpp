@@ -164,9 +164,14 @@ std::string node(int repository, const std::string& revision) {
   return std::to_string(repository) + ":" + revision;
 }
 
-bool killedBySignal(const std::string& message) {
-  return message.find("killed by signal") != std::string::npos ||
-         message.find("timed out") != std::string::npos;
+// Failures worth retrying: a process killed or timed out, a repository lock
+// still held (by an importer that outlived a killed master, say).
+bool retryable(const std::string& message) {
+  for (const char* what : {"killed by signal", "timed out", "LockContention", "Could not acquire lock",
+                           "lock is held", "Unable to create", ".lock': File exists"}) {
+    if (message.find(what) != std::string::npos) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -658,7 +663,7 @@ void Mirrors::streamed(std::shared_ptr<Run> run) {
   run->importer.reset();
   if (run->stream_error) {
     const std::string& m = run->stream_error->message;
-    return finish(run, killedBySignal(m) ? "interrupted" : "failed", m);
+    return finish(run, retryable(m) ? "interrupted" : "failed", m);
   }
   std::unordered_map<uint64_t, std::string> to_target;
   for (const auto& [mark, rev] : run->imported->marks) to_target[mark] = rev;

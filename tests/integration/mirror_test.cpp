@@ -62,6 +62,21 @@ class Mirror : public ::testing::Test {
         ", " + std::to_string(source_branch) + ", " + std::to_string(target_repo) + ", " + q(target_branch) +
         ", 0) RETURNING id"));
   }
+  // A mirror "m" of the source's main branch into the target's "mirrored",
+  // run only when asked; the master started and the source polled.
+  struct Rows {
+    int srepo, trepo, mirror;
+  };
+  Rows onDemandMirror() {
+    const int srepo = addRepository("src", kSource, src_->url());
+    const int sbranch = addBranch(srepo, src_->mainBranch());
+    const int trepo = addRepository("tgt", kTarget, tgt_->url());
+    const int mirror = addMirror("m", sbranch, trepo, "mirrored");
+    sql("UPDATE pefnos.mirror SET delay = 3600");
+    startMaster();
+    pollNow(srepo);
+    return {srepo, trepo, mirror};
+  }
   void startMaster() {
     master_ = std::make_unique<Child>(std::vector<std::string>{
         test::pefnosBinary(), "master", "--workers", "none", "--db", tdb_.conninfo(), "--name", "m",
@@ -234,13 +249,7 @@ TEST_F(Mirror, CarriesHistoryWithOldBranchesIncrementallyAndVerifiesIt) {
 TEST_F(Mirror, ATargetChangedBySomeoneElseStopsTheMirrorAndIsNotOverwritten) {
   const std::string main = src_->mainBranch();
   src_->commit(main, "a.txt", "second");
-  const int srepo = addRepository("src", kSource, src_->url());
-  const int sbranch = addBranch(srepo, main);
-  const int trepo = addRepository("tgt", kTarget, tgt_->url());
-  const int mirror = addMirror("m", sbranch, trepo, "mirrored");
-  sql("UPDATE pefnos.mirror SET delay = 3600");  // runs only when asked
-  startMaster();
-  pollNow(srepo);
+  const auto [srepo, trepo, mirror] = onDemandMirror();
   ASSERT_EQ(mirrorNow(mirror).first, "done");
   const std::string before = marks(mirror);
 
@@ -260,13 +269,7 @@ TEST_F(Mirror, ATargetMovedBackBySomeoneElseIsDivergenceToo) {
   const std::string main = src_->mainBranch();
   src_->commit(main, "a.txt", "second");
   src_->commit(main, "b.txt", "third");
-  const int srepo = addRepository("src", kSource, src_->url());
-  const int sbranch = addBranch(srepo, main);
-  const int trepo = addRepository("tgt", kTarget, tgt_->url());
-  const int mirror = addMirror("m", sbranch, trepo, "mirrored");
-  sql("UPDATE pefnos.mirror SET delay = 3600");
-  startMaster();
-  pollNow(srepo);
+  const auto [srepo, trepo, mirror] = onDemandMirror();
   ASSERT_EQ(mirrorNow(mirror).first, "done") << master_->output();
 
   // Every revision of the rewound target is one the mirror wrote: only
@@ -284,13 +287,7 @@ TEST_F(Mirror, ATargetMovedBackBySomeoneElseIsDivergenceToo) {
 TEST_F(Mirror, AMarkThatDoesNotMatchTheTargetIsCaughtWithThePathNamed) {
   const std::string main = src_->mainBranch();
   src_->commit(main, {test::File{"a.txt", "good\n"}, test::File{"b.txt", "fine\n"}}, "second");
-  const int srepo = addRepository("src", kSource, src_->url());
-  const int sbranch = addBranch(srepo, main);
-  const int trepo = addRepository("tgt", kTarget, tgt_->url());
-  const int mirror = addMirror("m", sbranch, trepo, "mirrored");
-  sql("UPDATE pefnos.mirror SET delay = 3600");
-  startMaster();
-  pollNow(srepo);
+  const auto [srepo, trepo, mirror] = onDemandMirror();
   ASSERT_EQ(mirrorNow(mirror).first, "done") << master_->output();
 
   // A target revision like the mirrored head with one file corrupted, and
@@ -318,13 +315,7 @@ TEST_F(Mirror, AKilledExporterOrMasterIsResumedFromTheCommittedMarks) {
   std::string blob;
   for (int i = 0; i < 20000; ++i) blob += "line " + std::to_string(i) + " of a file that changes\n";
   for (int i = 0; i < 12; ++i) src_->commit(main, {test::File{"big.txt", std::to_string(i) + blob}}, "big " + std::to_string(i));
-  const int srepo = addRepository("src", kSource, src_->url());
-  const int sbranch = addBranch(srepo, main);
-  const int trepo = addRepository("tgt", kTarget, tgt_->url());
-  const int mirror = addMirror("m", sbranch, trepo, "mirrored");
-  sql("UPDATE pefnos.mirror SET delay = 3600");
-  startMaster();
-  pollNow(srepo);
+  const auto [srepo, trepo, mirror] = onDemandMirror();
 
   // kill -9 of the exporter, as soon as it runs.
   const std::string cmd = sql("SELECT pefnos.mirror_now(" + std::to_string(mirror) + ")");
@@ -380,13 +371,7 @@ TEST_F(Mirror, AMessageThatIsNotUtf8IsCarriedAsTheTargetCanHoldIt) {
   ASSERT_EQ(hrc, 0) << hashed;
   const std::string head = hashed.substr(0, 40);
   ASSERT_EQ(test::run({"git", "-C", src_->url(), "update-ref", "refs/heads/" + main, head}).first, 0);
-  const int srepo = addRepository("src", kSource, src_->url());
-  const int sbranch = addBranch(srepo, main);
-  const int trepo = addRepository("tgt", kTarget, tgt_->url());
-  const int mirror = addMirror("m", sbranch, trepo, "mirrored");
-  sql("UPDATE pefnos.mirror SET delay = 3600");
-  startMaster();
-  pollNow(srepo);
+  const auto [srepo, trepo, mirror] = onDemandMirror();
   auto [state, out] = mirrorNow(mirror);
   ASSERT_EQ(state, "done") << out << master_->output();
   EXPECT_EQ(sql("SELECT bool_and(ok)::text FROM pefnos.mirror_verify"), "true");

@@ -17,11 +17,14 @@
 #include <sstream>
 
 #include "git_stream.h"
+#include "tests/support/stream_commits.h"
 #include "tests/support/vcs_fixture.h"
 
 namespace pefnos {
 namespace {
 namespace fs = std::filesystem;
+using test::StreamCommit;
+using test::commitsOf;
 
 std::string trimmed(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
@@ -408,49 +411,6 @@ TEST_F(VcsGitTest, ConcurrentUpdatesOfOneProxyRunOneAfterTheOther) {
 }
 
 // ---- Mirroring: fastExport, fastImport, publish ------------------------------
-
-// A commit of a fast-import stream as the test reads it back (command lines only).
-struct StreamCommit {
-  uint64_t mark = 0;
-  std::string original;              // original-oid
-  std::vector<std::string> parents;  // from, then merge values (":M")
-  bool reset_before = false;         // a `reset` of the same ref right before it
-};
-
-std::vector<StreamCommit> commitsOf(const std::string& stream) {
-  std::vector<StreamCommit> commits;
-  bool reset = false, in_commit = false;
-  size_t at = 0;
-  while (at < stream.size()) {
-    size_t nl = stream.find('\n', at);
-    if (nl == std::string::npos) nl = stream.size();
-    std::string line = stream.substr(at, nl - at);
-    at = nl + 1;
-    if (line.rfind("data ", 0) == 0) {
-      at += std::stoull(line.substr(5));
-      continue;
-    }
-    if (line.rfind("reset ", 0) == 0) {
-      reset = true;
-      in_commit = false;
-    } else if (line.rfind("commit ", 0) == 0) {
-      commits.push_back({});
-      commits.back().reset_before = reset;
-      in_commit = true;
-      reset = false;
-    } else if (in_commit && line.rfind("mark :", 0) == 0 && commits.back().mark == 0) {
-      commits.back().mark = std::stoull(line.substr(6));
-    } else if (in_commit && line.rfind("original-oid ", 0) == 0) {
-      commits.back().original = line.substr(13);
-    } else if (in_commit && (line.rfind("from ", 0) == 0 || line.rfind("merge ", 0) == 0)) {
-      commits.back().parents.push_back(line.substr(line.find(' ') + 1));
-    } else if (line == "blob") {
-      in_commit = false;
-      reset = false;
-    }
-  }
-  return commits;
-}
 
 // The smallest mark a stream defines (blobs included).
 uint64_t firstMarkOf(const std::string& stream) {

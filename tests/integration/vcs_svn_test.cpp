@@ -15,11 +15,14 @@
 
 #include "svn_parse.h"
 #include "tests/support/child.h"
+#include "tests/support/stream_commits.h"
 #include "tests/support/vcs_fixture.h"
 
 namespace pefnos {
 namespace {
 namespace fs = std::filesystem;
+using test::StreamCommit;
+using test::commitsOf;
 using namespace std::chrono_literals;
 
 // ---------------------------------------------------------------- pure half
@@ -681,44 +684,6 @@ TEST_F(SvnVcsTest, NoCallbackAfterTheVcsIsDestroyed) {
 
 // ---------------------------------------------------------- fast-export
 
-// A fast-import stream's commits as the test reads them back (command lines only).
-struct StreamCommit {
-  uint64_t mark = 0;
-  std::string original;              // original-oid: the svn revision id
-  std::vector<std::string> parents;  // from values
-  bool reset_before = false;
-};
-
-std::vector<StreamCommit> commitsOf(const std::string& stream) {
-  std::vector<StreamCommit> commits;
-  bool reset = false, in_commit = false;
-  size_t at = 0;
-  while (at < stream.size()) {
-    size_t nl = stream.find('\n', at);
-    if (nl == std::string::npos) nl = stream.size();
-    std::string line = stream.substr(at, nl - at);
-    at = nl + 1;
-    if (line.rfind("data ", 0) == 0) {
-      at += std::stoull(line.substr(5));
-      continue;
-    }
-    if (line.rfind("reset ", 0) == 0) {
-      reset = true;
-    } else if (line.rfind("commit ", 0) == 0) {
-      commits.push_back({});
-      commits.back().reset_before = reset;
-      in_commit = true;
-      reset = false;
-    } else if (in_commit && line.rfind("mark :", 0) == 0 && commits.back().mark == 0) {
-      commits.back().mark = std::stoull(line.substr(6));
-    } else if (in_commit && line.rfind("original-oid ", 0) == 0) {
-      commits.back().original = line.substr(13);
-    } else if (in_commit && (line.rfind("from ", 0) == 0 || line.rfind("merge ", 0) == 0)) {
-      commits.back().parents.push_back(line.substr(line.find(' ') + 1));
-    }
-  }
-  return commits;
-}
 
 // Everything a mirror must carry from svn, in history that branches from an
 // old trunk revision: executable bits (set, then dropped), a symlink, a
