@@ -30,6 +30,7 @@ void figure(const std::string& name, double value, const std::string& unit);
 
 // Programs and what they cost (bench/proc.cpp).
 int envInt(const char* name, int fallback);
+int freePort();  // a loopback port nobody listens on now
 pid_t spawn(std::vector<std::string> argv);
 void runOk(std::vector<std::string> argv);  // throws unless it exits 0
 void stop(pid_t pid);                       // SIGTERM, then reaped

@@ -30,17 +30,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int freeHttpPort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 int connectTo(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -104,7 +93,7 @@ int runHttp() {
     tx.commit();
     pqxx::nontransaction(c).exec("ANALYZE");
   }
-  const int port = freeHttpPort();
+  const int port = freePort();
   pid_t master = spawn({PEFNOS_BINARY, "--log-level", "warning", "master", "--db", cluster.conninfo(), "--name",
                         "bench", "--state-dir", cluster.home() + "/state", "--workers", "none", "--http",
                         "127.0.0.1:" + std::to_string(port)});

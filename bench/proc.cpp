@@ -1,5 +1,8 @@
 // Process helpers shared by the polling scenarios: start programs, read what
 // a process (and its children) cost from /proc.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -16,6 +19,19 @@
 extern char** environ;
 
 namespace pefnos::bench {
+
+// A loopback port nobody listens on now (bound, read back, closed).
+int freePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
 
 int envInt(const char* name, int fallback) {
   const char* v = std::getenv(name);
