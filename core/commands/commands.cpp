@@ -35,6 +35,10 @@ constexpr const char* kGiveBack = R"(
   UPDATE pefnos.command SET state = 'queued', claimed_by = NULL, lease_until = NULL
    WHERE state = 'running' AND claimed_by = $1)";
 
+constexpr const char* kRenew = R"(
+  UPDATE pefnos.command SET lease_until = now() + make_interval(secs => $2)
+   WHERE state = 'running' AND claimed_by = $1)";
+
 // Commands whose NOTIFY time is remembered; a command claimed by another
 // master never runs here, so the map is cleared rather than allowed to grow.
 constexpr size_t kMaxNotified = 4096;
@@ -80,6 +84,17 @@ void Runner::start() {
         if (listener_.listening()) claim();
       },
       db::Retry::on_reconnect);
+}
+
+void Runner::renewLeases() {
+  if (in_flight_ == 0) return;
+  db_.transact<int>(
+      [o = options_](pqxx::work& tx) {
+        return static_cast<int>(tx.exec_params(kRenew, o.master, o.lease_seconds).affected_rows());
+      },
+      [](Result<int> r) {
+        if (!r) log::warning("commands", "renewing command leases: ", r.error().message);
+      });
 }
 
 void Runner::claim() {

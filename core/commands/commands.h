@@ -51,7 +51,7 @@ class Runner {
  public:
   struct Options {
     std::string master;            // claimed_by
-    int lease_seconds = 300;       // a claim older than this is taken over
+    int lease_seconds = 300;       // a claim not renewed for this long is taken over
     int max_attempts = 5;          // then the command fails instead of being retried
     int batch = 64;                // commands claimed per query
   };
@@ -62,6 +62,13 @@ class Runner {
   void handle(const std::string& kind, Handler handler);
   // Subscribes, gives back our own claims from an earlier life, and claims.
   void start();
+  // Extends the leases of the commands running here (the master's heartbeat
+  // calls it): a command that runs longer than a lease (a mirror-now) is not
+  // taken over by another master while this one still works on it.
+  void renewLeases();
+  // Claims what is queued or whose lease ran out. The heartbeat calls it: the
+  // commands of a master that died send no NOTIFY when their leases lapse.
+  void claimDue() { claim(); }
   // Commands claimed and not yet written back.
   int inFlight() const { return in_flight_; }
   const LatencyHistogram& notifyToAction() const { return notify_to_action_; }

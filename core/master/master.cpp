@@ -95,8 +95,11 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
   loadPlugins(configured_plugin_dirs);
   listener_ = std::make_unique<db::Listener>(loop_, options_.conninfo);
   model_ = std::make_unique<config::Model>(*db_, *listener_);
+  // Every lease of this master (commands, build requests) is renewed by its
+  // heartbeat and lapses after six missed ones, never sooner than a minute.
+  const int lease_seconds = std::max(60, 6 * options_.heartbeat_seconds);
   runner_ = std::make_unique<commands::Runner>(
-      *db_, *listener_, commands::Runner::Options{.master = options_.name});
+      *db_, *listener_, commands::Runner::Options{.master = options_.name, .lease_seconds = lease_seconds});
 
   runner_->handle("ping", [this](const commands::Command&, commands::Reply reply) {
     reply(nlohmann::json{{"pong", true}, {"master", options_.name}});
@@ -126,7 +129,7 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
     auto listen = parseHostPort(options_.workers_listen);  // checked by the CLI; a default otherwise
     bopts.master_name = options_.name;
     bopts.heartbeat_seconds = options_.heartbeat_seconds;
-    bopts.lease_seconds = std::max(60, 6 * options_.heartbeat_seconds);
+    bopts.lease_seconds = lease_seconds;
     if (listen) {
       bopts.listen_host = listen->host;
       bopts.listen_port = listen->port;
@@ -286,6 +289,10 @@ void Master::heartbeat() {
       },
       [](Result<Done>) {});
   if (builds_) builds_->renewLeases();
+  if (runner_) {
+    runner_->renewLeases();
+    if (scheduler_started_) runner_->claimDue();
+  }
 }
 
 void Master::stop(std::function<void()> done) {

@@ -183,6 +183,7 @@ struct Mirrors::Run {
   config::Mirror cfg;
   bool forced = false;
   std::function<void(Result<json>)> done;
+  std::vector<std::function<void(Result<json>)>> also_done;  // mirror-now commands that joined it
   long long id = 0;
   scheduler::Scheduler::Resolved source, target;
   int source_repository = 0;
@@ -354,7 +355,8 @@ void Mirrors::renewLeases() {
 }
 
 void Mirrors::runNow(int mirror_id, std::function<void(Result<json>)> done) {
-  if (runs_.count(mirror_id)) return done(Error{"mirror " + std::to_string(mirror_id) + " is running already"});
+  // A run of it is going here: the command follows that run to its end.
+  if (auto it = runs_.find(mirror_id); it != runs_.end()) return it->second->also_done.push_back(std::move(done));
   begin(mirror_id, true, std::move(done));
 }
 
@@ -484,6 +486,7 @@ void Mirrors::begin(int mirror_id, bool forced, std::function<void(Result<json>)
           std::string why = c ? c->why_busy : c.error().message;
           if (!c) log::warning("mirror", run->cfg.name, ": cannot claim a run: ", why);
           if (run->done) run->done(Error{why});
+          for (auto& d : run->also_done) d(Error{why});
           return;
         }
         run->id = c->run_id;
@@ -510,7 +513,14 @@ void Mirrors::claimed(std::shared_ptr<Run> run) {
   }
   log::info("mirror", run->cfg.name, ": run ", run->id, " of ", run->source_branch, " at ",
             run->source_head, " (", run->known.size(), " revisions known)");
-  targetHead(run);
+  // The head may have been recorded by another master's poll: this master's
+  // proxy must hold it before anything is exported (a no-op when it does).
+  auto alive = alive_;
+  run->source.vcs->updateProxy(run->source.repo, {run->source_branch}, [this, alive, run](Status s) {
+    if (!*alive || run->finished) return;
+    if (!s) return finish(run, "interrupted", "source: " + s.error().message);
+    targetHead(run);
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -958,11 +968,12 @@ void Mirrors::finish(std::shared_ptr<Run> run, const std::string& state, const s
     if (!*alive) return;
     runs_.erase(run->cfg.id);
     ++runs_done_;
-    if (run->done) {
+    if (run->done) run->also_done.insert(run->also_done.begin(), std::move(run->done));
+    for (auto& d : run->also_done) {
       if (state == "succeeded") {
-        run->done(json{{"run", run->id}, {"state", state}, {"revisions", revisions}});
+        d(json{{"run", run->id}, {"state", state}, {"revisions", revisions}});
       } else {
-        run->done(Error{"run " + std::to_string(run->id) + " " + state + ": " + error});
+        d(Error{"run " + std::to_string(run->id) + " " + state + ": " + error});
       }
     }
   };

@@ -38,6 +38,10 @@ struct Tracked {
 struct Reconciled {
   std::vector<Tracked> changed;
   std::vector<std::string> known_heads;  // of the whole fork network: commits below them are known
+  // Every tracked branch the upstream has, moved or not: another master
+  // sharing the database may have recorded a move that this master's proxy
+  // (its own state directory) has not fetched yet.
+  std::vector<std::string> fetch;
   int discovered = 0, vanished = 0;
 };
 
@@ -75,7 +79,8 @@ constexpr const char* kMoveHead = R"(
   INSERT INTO pefnos.branch_head (branch_id, revision, commit_id)
   VALUES ($1, $2, (SELECT id FROM pefnos.commit WHERE network_id = $3 AND revision = $2))
   ON CONFLICT (branch_id) DO UPDATE
-     SET revision = EXCLUDED.revision, commit_id = EXCLUDED.commit_id, updated_at = now())";
+     SET revision = EXCLUDED.revision, commit_id = EXCLUDED.commit_id, updated_at = now()
+   WHERE pefnos.branch_head.revision = $4)";
 
 // Builders follow a branch directly or through the pattern that discovered it.
 constexpr const char* kRequestBuilds = R"(
@@ -153,7 +158,10 @@ Reconciled reconcileBranches(pqxx::work& tx, int repository_id, const std::vecto
       auto created = tx.exec_params(kDiscover, repository_id, name, p.id);
       if (created.empty()) continue;
       ++out.discovered;
-      if (known == by_name.end()) out.changed.push_back({created[0][0].as<int>(), name, "", rev});
+      if (known == by_name.end()) {
+        out.changed.push_back({created[0][0].as<int>(), name, "", rev});
+        out.fetch.push_back(name);
+      }
     }
   }
   for (const auto& r : rows) {
@@ -163,8 +171,9 @@ Reconciled reconcileBranches(pqxx::work& tx, int repository_id, const std::vecto
     }
     bool tracked = !r.pattern && (r.active || (r.discovered && wanted.count(r.name)));
     auto up = upstream.find(r.name);
-    if (tracked && up != upstream.end() && up->second != r.head) {
-      out.changed.push_back({r.id, r.name, r.head, up->second});
+    if (tracked && up != upstream.end()) {
+      out.fetch.push_back(r.name);
+      if (up->second != r.head) out.changed.push_back({r.id, r.name, r.head, up->second});
     }
   }
   for (const auto& r : tx.exec_params(kNetworkHeads, intArray(network))) {
@@ -447,9 +456,8 @@ void Scheduler::reconcile(std::shared_ptr<Poll> poll) {
 
 // Step 3: what moved comes into the proxy, once for every builder and fork.
 void Scheduler::fetch(std::shared_ptr<Poll> poll) {
-  if (poll->reconciled.changed.empty()) return record(poll);
-  std::vector<std::string> names;
-  for (const auto& t : poll->reconciled.changed) names.push_back(t.name);
+  if (poll->reconciled.fetch.empty()) return record(poll);
+  const std::vector<std::string>& names = poll->reconciled.fetch;
   poll->vcs->updateProxy(poll->repo, names,
                          [this, poll, alive = std::weak_ptr<bool>(alive_)](Status s) {
                            if (alive.expired()) return;
@@ -492,7 +500,13 @@ void Scheduler::record(std::shared_ptr<Poll> poll) {
           const Tracked& t = poll->reconciled.changed[i];
           report.commits += static_cast<int>(
               tx.exec_params(kRecordCommits, poll->network_id, poll->commits[i]).affected_rows());
-          tx.exec_params(kMoveHead, t.branch_id, t.new_revision, poll->network_id);
+          // Only from the head this poll saw: another master sharing the
+          // database may have moved it meanwhile (the row lock orders us after
+          // it), and its requests stand; a stale poll never moves it back.
+          if (tx.exec_params(kMoveHead, t.branch_id, t.new_revision, poll->network_id, t.old_revision)
+                  .affected_rows() == 0) {
+            continue;
+          }
           report.requests += static_cast<int>(
               tx.exec_params(kRequestBuilds, t.branch_id, t.new_revision, poll->network_id)
                   .affected_rows());

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -259,7 +260,13 @@ struct Worker::Impl {
     interrupted.clear();
     log::info("worker", "connected to the master at ", options.master_host, ":", options.master_port,
               " as '", options.name, "'");
-    const uint64_t hb = static_cast<uint64_t>(options.heartbeat_seconds) * 1000;
+    // The master's period, which it announces: it drops a worker silent for
+    // three of its own heartbeats, whatever this worker was started with.
+    int seconds = options.heartbeat_seconds;
+    if (auto it = m.find("heartbeat_s"); it != m.end() && it->is_number_integer()) {
+      seconds = std::clamp(it->get<int>(), 1, 3600);
+    }
+    const uint64_t hb = static_cast<uint64_t>(seconds) * 1000;
     heartbeat.start(hb, hb, [this, hb] {
       // While we do not read (tar is slow), the master's heartbeats wait unread.
       if (!reading_paused && uv_now(loop) - last_heard > 3 * hb) return drop("the master has been silent too long");
