@@ -654,11 +654,12 @@ Result<ImportReport> importFile(pqxx::connection& conn, const std::string& path)
   json doc;
   try {
     doc = json::parse(content.str());
-  } catch (const json::parse_error& e) {
-    // e.what(): "[json.exception.parse_error.101] parse error at line 3, column 5: ..."
+  } catch (const json::exception& e) {
+    // e.what(): "[json.exception.parse_error.101] parse error at line 3, column 5: ...", or
+    // out_of_range.406 for a number no double holds ("number overflow parsing '1e400'").
     std::string what = e.what();
-    auto at = what.find("parse error");
-    return Error{path + ": invalid JSON: " + (at == std::string::npos ? what : what.substr(at))};
+    auto at = what.find("] ");
+    return Error{path + ": invalid JSON: " + (at == std::string::npos ? what : what.substr(at + 2))};
   }
   return importConfig(conn, doc);
 }

@@ -99,6 +99,13 @@ std::string formatHead(int status, const std::vector<std::pair<std::string, std:
 
 bool statusHasNoBody(int status) { return status < 200 || status == 204 || status == 304; }
 
+// http-parser has its own, process-wide cap on the header block (80 KiB by
+// default); ours is checked in the callbacks and must be the one that bites.
+void raiseParserHeaderCap(const Options& options) {
+  if (options.max_header_bytes + 1024 > 80 * 1024)
+    http_parser_set_max_header_size(static_cast<uint32_t>(options.max_header_bytes + 1024));
+}
+
 }  // namespace
 
 // --- Request, Response
@@ -200,6 +207,56 @@ struct StreamState {
   ~StreamState();
 };
 
+// The parsing half of a connection: http-parser and the request it builds,
+// with the limits checked as the bytes come. No I/O: what a connection does
+// at a request's edges (re-arm a deadline, say 100 Continue) it is told
+// through the hooks. readRequests() drives the same code without a socket.
+struct RequestParser {
+  RequestParser(size_t max_header_bytes, size_t max_body_bytes, std::string peer);
+  RequestParser(const RequestParser&) = delete;  // parser_.data points at this object
+  RequestParser& operator=(const RequestParser&) = delete;
+
+  struct Outcome {
+    size_t consumed = 0;    // bytes of the input parsed
+    bool complete = false;  // a whole request is ready (take it); parsing paused after it
+    int refused = 0;        // non-zero: the status the refused request is answered with
+    const char* why = "";
+  };
+  // Parses input, stopping after a complete request: the caller keeps the
+  // bytes past `consumed` for the next call. Incomplete input is all consumed.
+  Outcome execute(std::string_view input);
+  Request take();
+
+  std::function<void()> on_begin;     // a request's first byte
+  std::function<void()> on_continue;  // the client waits for "100 Continue" before its body
+
+  // The request just completed (or being read).
+  bool head = false, http10 = false, keep_alive = false, upgrade = false;
+  bool message_begun = false;
+
+ private:
+  static int onMessageBegin(http_parser* p);
+  static int onUrl(http_parser* p, const char* at, size_t len);
+  static int onHeaderField(http_parser* p, const char* at, size_t len);
+  static int onHeaderValue(http_parser* p, const char* at, size_t len);
+  static int onHeadersComplete(http_parser* p);
+  static int onBody(http_parser* p, const char* at, size_t len);
+  static int onMessageComplete(http_parser* p);
+  static const http_parser_settings& settings();
+  bool countHeaderBytes(size_t len);
+  void commitHeader();
+
+  size_t max_header_bytes_, max_body_bytes_;
+  std::string peer_;
+  http_parser parser_{};
+  Request request_;
+  std::string url_, field_, value_;
+  bool in_value_ = false;
+  size_t header_bytes_ = 0;
+  bool message_complete_ = false;
+  int error_status_ = 0;  // set by a callback that refused the request
+};
+
 enum class ConnectionState {
   reading,    // parsing a request, or waiting for one
   answering,  // a complete request is with the handler
@@ -211,8 +268,7 @@ enum class ConnectionState {
 
 struct Connection : std::enable_shared_from_this<Connection> {
   Connection(Server::Impl* server, uv_loop_t* loop, std::unique_ptr<loop::TcpStream> tcp,
-             uint64_t id)
-      : server(server), loop(loop), tcp(std::move(tcp)), timer(loop), id(id) {}
+             uint64_t id);
 
   void start();
   void detach();  // the server is being destroyed: close without a word or a callback
@@ -241,25 +297,12 @@ struct Connection : std::enable_shared_from_this<Connection> {
   void armIdleDeadline();
   size_t maxBufferedInput() const;
 
-  // http-parser callbacks (parser.data is the Connection)
-  static int onMessageBegin(http_parser* p);
-  static int onUrl(http_parser* p, const char* at, size_t len);
-  static int onHeaderField(http_parser* p, const char* at, size_t len);
-  static int onHeaderValue(http_parser* p, const char* at, size_t len);
-  static int onHeadersComplete(http_parser* p);
-  static int onBody(http_parser* p, const char* at, size_t len);
-  static int onMessageComplete(http_parser* p);
-  bool countHeaderBytes(size_t len);
-  void commitHeader();
-  static const http_parser_settings& settings();
-
   Server::Impl* server;  // null once detached
   uv_loop_t* loop;
   std::unique_ptr<loop::TcpStream> tcp;
   loop::Timer timer;
   uint64_t id;
   ConnectionState state = ConnectionState::reading;
-  http_parser parser{};
   std::string input;  // received but not parsed yet (a request is being answered)
   bool reading_paused = false;
   bool processing = false;  // processInput is on the stack: it picks up new state itself
@@ -269,13 +312,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
   uint64_t msSince(uint64_t t) const { return uv_now(loop) - t; }
   size_t writes_in_flight = 0;
 
-  // The request being parsed.
-  Request request;
-  std::string url, field, value;
-  bool in_value = false;
-  size_t header_bytes = 0;
-  bool message_begun = false, message_complete = false;
-  int error_status = 0;  // set by a callback that refused the request
+  RequestParser reader;  // the request being parsed
 
   // The request being answered.
   uint64_t serial = 0;
@@ -310,6 +347,16 @@ struct Server::Impl {
 
 namespace detail {
 
+Connection::Connection(Server::Impl* server, uv_loop_t* loop, std::unique_ptr<loop::TcpStream> tcp,
+                       uint64_t id)
+    : server(server),
+      loop(loop),
+      tcp(std::move(tcp)),
+      timer(loop),
+      id(id),
+      reader(server->options.max_header_bytes, server->options.max_body_bytes,
+             this->tcp->peer()) {}
+
 ResponderState::~ResponderState() {
   if (answered) return;
   answered = true;
@@ -332,25 +379,13 @@ StreamState::~StreamState() {
   }
 }
 
-const http_parser_settings& Connection::settings() {
-  static const http_parser_settings s = [] {
-    http_parser_settings s;
-    http_parser_settings_init(&s);
-    s.on_message_begin = onMessageBegin;
-    s.on_url = onUrl;
-    s.on_header_field = onHeaderField;
-    s.on_header_value = onHeaderValue;
-    s.on_headers_complete = onHeadersComplete;
-    s.on_body = onBody;
-    s.on_message_complete = onMessageComplete;
-    return s;
-  }();
-  return s;
-}
-
 void Connection::start() {
-  http_parser_init(&parser, HTTP_REQUEST);
-  parser.data = this;
+  reader.on_begin = [this] {
+    // The first byte of a request after a keep-alive pause: now it must be
+    // complete within the header timeout.
+    if (idle_deadline) armHeaderDeadline();
+  };
+  reader.on_continue = [this] { write("HTTP/1.1 100 Continue\r\n\r\n"); };
   // The lambdas hold a raw pointer: the TcpStream is ours and drops them when destroyed.
   auto st = tcp->read([this](std::string_view data) { onData(data); },
                       [this](Status status) { onEnd(std::move(status)); });
@@ -421,7 +456,7 @@ void Connection::onDeadline() {
   if (state == ConnectionState::lingering) {
     close(false);
   } else if (state == ConnectionState::reading) {
-    if (message_begun || !input.empty()) {
+    if (reader.message_begun || !input.empty()) {
       log::debug(kSource, tcp->peer(), ": request not complete in time");
       fail(408, false);  // a slow client is not waited for any longer
     } else {
@@ -459,23 +494,18 @@ void Connection::processInput() {
   auto self = shared_from_this();
   processing = true;
   while (state == ConnectionState::reading && !input.empty()) {
-    http_parser_pause(&parser, 0);
-    size_t parsed = http_parser_execute(&parser, &settings(), input.data(), input.size());
-    if (message_complete) {  // onMessageComplete paused the parser there
-      input.erase(0, parsed);
-      message_complete = false;
-      message_begun = false;
-      // After an Upgrade the rest is another protocol, which we do not speak.
-      if (parser.upgrade) keep_alive = false;
+    auto got = reader.execute(input);
+    if (got.complete) {
+      input.erase(0, got.consumed);
+      head = reader.head;
+      http10 = reader.http10;
+      keep_alive = reader.keep_alive;
       dispatch();
       continue;
     }
-    auto err = HTTP_PARSER_ERRNO(&parser);
-    if (err != HPE_OK) {
-      int status = error_status ? error_status : err == HPE_HEADER_OVERFLOW ? 431 : 400;
-      log::debug(kSource, tcp ? tcp->peer() : "", ": ", status, " (", http_errno_description(err),
-                 ")");
-      fail(status, true);
+    if (got.refused) {
+      log::debug(kSource, tcp ? tcp->peer() : "", ": ", got.refused, " (", got.why, ")");
+      fail(got.refused, true);
       break;
     }
     input.clear();  // all consumed into the request being built
@@ -494,8 +524,7 @@ void Connection::dispatch() {
   auto responder = std::make_shared<ResponderState>();
   responder->connection = weak_from_this();
   responder->serial = serial;
-  Request req = std::move(request);
-  request = Request{};
+  Request req = reader.take();
   Handler handler = server->handler;  // a copy: the handler may destroy the server
   try {
     handler(req, Responder(responder));
@@ -624,123 +653,170 @@ void Connection::close(bool notify_stream) {
   loop::detail::callSafely(kSource, std::move(on_close));
 }
 
-// --- parser callbacks
+// --- RequestParser
 
-bool Connection::countHeaderBytes(size_t len) {
-  header_bytes += len;
-  if (header_bytes <= server->options.max_header_bytes) return true;
-  error_status = 431;
+RequestParser::RequestParser(size_t max_header_bytes, size_t max_body_bytes, std::string peer)
+    : max_header_bytes_(max_header_bytes), max_body_bytes_(max_body_bytes), peer_(std::move(peer)) {
+  http_parser_init(&parser_, HTTP_REQUEST);
+  parser_.data = this;
+}
+
+const http_parser_settings& RequestParser::settings() {
+  static const http_parser_settings s = [] {
+    http_parser_settings s;
+    http_parser_settings_init(&s);
+    s.on_message_begin = onMessageBegin;
+    s.on_url = onUrl;
+    s.on_header_field = onHeaderField;
+    s.on_header_value = onHeaderValue;
+    s.on_headers_complete = onHeadersComplete;
+    s.on_body = onBody;
+    s.on_message_complete = onMessageComplete;
+    return s;
+  }();
+  return s;
+}
+
+RequestParser::Outcome RequestParser::execute(std::string_view input) {
+  Outcome got;
+  http_parser_pause(&parser_, 0);
+  got.consumed = http_parser_execute(&parser_, &settings(), input.data(), input.size());
+  if (message_complete_) {  // onMessageComplete paused the parser there
+    message_complete_ = false;
+    message_begun = false;
+    // After an Upgrade the rest is another protocol, which we do not speak.
+    upgrade = parser_.upgrade;
+    if (upgrade) keep_alive = false;
+    got.complete = true;
+    return got;
+  }
+  auto err = HTTP_PARSER_ERRNO(&parser_);
+  if (err != HPE_OK) {
+    got.refused = error_status_ ? error_status_ : err == HPE_HEADER_OVERFLOW ? 431 : 400;
+    got.why = http_errno_description(err);
+  }
+  return got;
+}
+
+Request RequestParser::take() {
+  Request r = std::move(request_);
+  request_ = Request{};
+  return r;
+}
+
+bool RequestParser::countHeaderBytes(size_t len) {
+  header_bytes_ += len;
+  if (header_bytes_ <= max_header_bytes_) return true;
+  error_status_ = 431;
   return false;
 }
 
-void Connection::commitHeader() {
-  if (field.empty()) return;
-  std::string name = lower(std::move(field));
-  auto [it, inserted] = request.headers.emplace(name, value);
-  if (!inserted) it->second += (name == "cookie" ? "; " : ", ") + value;
-  field.clear();
-  value.clear();
-  in_value = false;
+void RequestParser::commitHeader() {
+  if (field_.empty()) return;
+  std::string name = lower(std::move(field_));
+  auto [it, inserted] = request_.headers.emplace(name, value_);
+  if (!inserted) it->second += (name == "cookie" ? "; " : ", ") + value_;
+  field_.clear();
+  value_.clear();
+  in_value_ = false;
 }
 
-int Connection::onMessageBegin(http_parser* p) {
-  auto* c = static_cast<Connection*>(p->data);
-  c->request = Request{};
-  c->url.clear();
-  c->field.clear();
-  c->value.clear();
-  c->in_value = false;
-  c->header_bytes = 0;
-  c->error_status = 0;
+int RequestParser::onMessageBegin(http_parser* p) {
+  auto* c = static_cast<RequestParser*>(p->data);
+  c->request_ = Request{};
+  c->url_.clear();
+  c->field_.clear();
+  c->value_.clear();
+  c->in_value_ = false;
+  c->header_bytes_ = 0;
+  c->error_status_ = 0;
   c->message_begun = true;
-  // The first byte of a request after a keep-alive pause: now it must be
-  // complete within the header timeout.
-  if (c->idle_deadline) c->armHeaderDeadline();
+  if (c->on_begin) c->on_begin();
   return 0;
 }
 
-int Connection::onUrl(http_parser* p, const char* at, size_t len) {
-  auto* c = static_cast<Connection*>(p->data);
+int RequestParser::onUrl(http_parser* p, const char* at, size_t len) {
+  auto* c = static_cast<RequestParser*>(p->data);
   if (!c->countHeaderBytes(len)) return 1;
-  c->url.append(at, len);
+  c->url_.append(at, len);
   return 0;
 }
 
-int Connection::onHeaderField(http_parser* p, const char* at, size_t len) {
-  auto* c = static_cast<Connection*>(p->data);
+int RequestParser::onHeaderField(http_parser* p, const char* at, size_t len) {
+  auto* c = static_cast<RequestParser*>(p->data);
   if (!c->countHeaderBytes(len)) return 1;
-  if (c->in_value) c->commitHeader();
-  c->field.append(at, len);
+  if (c->in_value_) c->commitHeader();
+  c->field_.append(at, len);
   return 0;
 }
 
-int Connection::onHeaderValue(http_parser* p, const char* at, size_t len) {
-  auto* c = static_cast<Connection*>(p->data);
+int RequestParser::onHeaderValue(http_parser* p, const char* at, size_t len) {
+  auto* c = static_cast<RequestParser*>(p->data);
   if (!c->countHeaderBytes(len)) return 1;
-  c->in_value = true;
-  c->value.append(at, len);
+  c->in_value_ = true;
+  c->value_.append(at, len);
   return 0;
 }
 
-int Connection::onHeadersComplete(http_parser* p) {
+int RequestParser::onHeadersComplete(http_parser* p) {
   // Any return other than 0, 1 or 2 is an error (1 and 2 mean "skip the body").
   constexpr int kRefuse = -1;
-  auto* c = static_cast<Connection*>(p->data);
+  auto* c = static_cast<RequestParser*>(p->data);
   c->commitHeader();
-  Request& r = c->request;
+  Request& r = c->request_;
   r.method = http_method_str(static_cast<http_method>(p->method));
-  r.peer = c->tcp->peer();
+  r.peer = c->peer_;
   c->head = p->method == HTTP_HEAD;
   c->http10 = p->http_major == 1 && p->http_minor == 0;
 
-  if (c->url == "*") {
+  if (c->url_ == "*") {
     r.path = "*";  // OPTIONS *
   } else {
     http_parser_url u;
     http_parser_url_init(&u);
-    if (http_parser_parse_url(c->url.data(), c->url.size(), p->method == HTTP_CONNECT, &u) != 0) {
-      c->error_status = 400;
+    if (http_parser_parse_url(c->url_.data(), c->url_.size(), p->method == HTTP_CONNECT, &u) != 0) {
+      c->error_status_ = 400;
       return kRefuse;
     }
     std::string raw_path = "/";
     if (u.field_set & (1 << UF_PATH))
-      raw_path = c->url.substr(u.field_data[UF_PATH].off, u.field_data[UF_PATH].len);
+      raw_path = c->url_.substr(u.field_data[UF_PATH].off, u.field_data[UF_PATH].len);
     if (u.field_set & (1 << UF_QUERY))
-      r.query = c->url.substr(u.field_data[UF_QUERY].off, u.field_data[UF_QUERY].len);
+      r.query = c->url_.substr(u.field_data[UF_QUERY].off, u.field_data[UF_QUERY].len);
     // Decoded here, once: handlers never decode again (no double-decoding tricks).
     auto path = percentDecode(raw_path, false);
     if (!path || path->find('\0') != std::string::npos) {
-      c->error_status = 400;
+      c->error_status_ = 400;
       return kRefuse;
     }
     r.path = std::move(*path);
   }
 
   // Refused from the announced length, before a byte of the body is read.
-  if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->server->options.max_body_bytes) {
-    c->error_status = 413;
+  if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->max_body_bytes_) {
+    c->error_status_ = 413;
     return kRefuse;
   }
   bool has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENTLENGTH) && p->content_length > 0);
-  if (has_body && !c->http10 && iequals(r.header("expect"), "100-continue"))
-    c->write("HTTP/1.1 100 Continue\r\n\r\n");
+  if (has_body && !c->http10 && iequals(r.header("expect"), "100-continue") && c->on_continue)
+    c->on_continue();
   return 0;
 }
 
-int Connection::onBody(http_parser* p, const char* at, size_t len) {
-  auto* c = static_cast<Connection*>(p->data);
+int RequestParser::onBody(http_parser* p, const char* at, size_t len) {
+  auto* c = static_cast<RequestParser*>(p->data);
   // Chunked bodies announce no length: counted as they come.
-  if (c->request.body.size() + len > c->server->options.max_body_bytes) {
-    c->error_status = 413;
+  if (c->request_.body.size() + len > c->max_body_bytes_) {
+    c->error_status_ = 413;
     return 1;
   }
-  c->request.body.append(at, len);
+  c->request_.body.append(at, len);
   return 0;
 }
 
-int Connection::onMessageComplete(http_parser* p) {
-  auto* c = static_cast<Connection*>(p->data);
-  c->message_complete = true;
+int RequestParser::onMessageComplete(http_parser* p) {
+  auto* c = static_cast<RequestParser*>(p->data);
+  c->message_complete_ = true;
   c->keep_alive = http_should_keep_alive(p) != 0;
   // Stop here: the next pipelined request is parsed once this one is answered.
   http_parser_pause(p, 1);
@@ -842,10 +918,7 @@ Result<std::unique_ptr<Server>> Server::listen(uv_loop_t* loop, Options options,
   impl->loop = loop;
   impl->options = std::move(options);
   impl->handler = std::move(handler);
-  // http-parser has its own, process-wide cap on the header block (80 KiB by
-  // default); ours is checked in the callbacks and must be the one that bites.
-  if (impl->options.max_header_bytes + 1024 > 80 * 1024)
-    http_parser_set_max_header_size(static_cast<uint32_t>(impl->options.max_header_bytes + 1024));
+  raiseParserHeaderCap(impl->options);
   Impl* raw = impl.get();
   auto listener = loop::TcpServer::listen(
       loop, raw->options.host, raw->options.port,
@@ -853,6 +926,33 @@ Result<std::unique_ptr<Server>> Server::listen(uv_loop_t* loop, Options options,
   if (!listener) return listener.error();
   impl->listener = std::move(*listener);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+ReadRequests readRequests(const std::vector<std::string_view>& arrivals, const Options& limits) {
+  raiseParserHeaderCap(limits);
+  detail::RequestParser reader(limits.max_header_bytes, limits.max_body_bytes, "");
+  ReadRequests out;
+  std::string input;
+  // Connection::processInput, with every request answered at once.
+  for (std::string_view bytes : arrivals) {
+    input.append(bytes);
+    while (!input.empty()) {
+      auto got = reader.execute(input);
+      if (got.complete) {
+        input.erase(0, got.consumed);
+        out.requests.push_back(reader.take());
+        if (!reader.keep_alive) return out;  // the connection closes after the answer
+        continue;
+      }
+      if (got.refused) {
+        out.refused = got.refused;
+        return out;
+      }
+      input.clear();
+    }
+  }
+  out.incomplete = reader.message_begun;
+  return out;
 }
 
 int Server::port() const { return impl_->listener->port(); }

@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -145,6 +146,18 @@ class Server {
   explicit Server(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// What the server reads from a client's bytes, without a connection: the
+// requests, in order and as the handler gets them (peer empty), up to the
+// first refused one or the one after which the connection closes. The same
+// parser and limits as a Server's connections (timeouts aside); arrivals are
+// the bytes as they come in. For tests and fuzzing.
+struct ReadRequests {
+  std::vector<Request> requests;
+  int refused = 0;          // non-zero: the status the server answers (and closes) with
+  bool incomplete = false;  // the bytes ended inside a request
+};
+ReadRequests readRequests(const std::vector<std::string_view>& arrivals, const Options& limits);
 
 // For asset and log names taken from a URL: the path below a route's prefix
 // ("css/site.css", "42/step-3.log"), checked to stay below it. Refuses "",

@@ -59,8 +59,10 @@ void readPax(const std::string& data, std::string& path, std::string& link) {
     for (size_t j = i; j < sp; ++j) {
       if (data[j] < '0' || data[j] > '9') return;
       len = len * 10 + static_cast<size_t>(data[j] - '0');
+      if (len > data.size()) return;  // before it can wrap around
     }
-    if (len <= sp - i || i + len > data.size()) return;
+    // At least "LEN \n"; i + len could wrap, and i go back to an earlier record forever.
+    if (len < sp - i + 2 || len > data.size() - i) return;
     std::string rec = data.substr(sp + 1, len - (sp - i) - 2);  // without the newline
     size_t eq = rec.find('=');
     if (eq != std::string::npos) {
