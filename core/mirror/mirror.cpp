@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <ctime>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "core/base/log.h"
 #include "core/mirror/fast_stream.h"
@@ -561,15 +562,10 @@ void Mirrors::targetHead(std::shared_ptr<Run> run) {
     }
     auto go = [this, alive, run] {
       if (!*alive || run->finished) return;
-      auto known = run->known_source.find(run->source_head);
-      if (known != run->known_source.end()) {
-        // Nothing new: make sure the target shows it (a run that died after
-        // recording and before publishing ends here).
-        run->target_head = run->known[known->second - 1].second;
-        if (run->target_head == run->target_before) return finish(run, "succeeded", "");
-        return record(run);
-      }
-      stream(run);
+      forgetUnpublished(run, [this, alive, run] {
+        if (!*alive || run->finished) return;
+        carry(run);
+      });
     };
     // The target's proxy holds the branch as the upstream has it (and exists:
     // a first run into a repository nobody polls creates it).
@@ -582,6 +578,56 @@ void Mirrors::targetHead(std::shared_ptr<Run> run) {
                                    go();
                                  });
   });
+}
+
+// Marks that a run recorded and then never published (it died, here or on
+// another master) name target revisions the upstream does not have, and that
+// this master's proxy may not have either: they are forgotten, and what they
+// covered is carried again. A run whose head is the target's is published.
+void Mirrors::forgetUnpublished(std::shared_ptr<Run> run, std::function<void()> then) {
+  auto alive = alive_;
+  db_.transact<std::vector<std::string>>(
+      [id = run->id, mirror_id = run->cfg.id, before = run->target_before](pqxx::work& tx) {
+        std::vector<std::string> forgotten;
+        for (const auto& r : tx.exec_params(
+                 "DELETE FROM pefnos.mirror_mark k USING pefnos.mirror_run r "
+                 "WHERE k.mirror_id = $1 AND k.run_id = r.id AND r.id <> $2 AND r.state <> 'succeeded' "
+                 "AND r.target_head IS DISTINCT FROM NULLIF($3, '') RETURNING k.source_revision",
+                 mirror_id, id, before)) {
+          forgotten.push_back(r[0].as<std::string>());
+        }
+        return forgotten;
+      },
+      [this, alive, run, then](Result<std::vector<std::string>> forgotten) {
+        if (!*alive || run->finished) return;
+        if (!forgotten) return finish(run, "interrupted", "cannot read the marks: " + forgotten.error().message);
+        if (forgotten->empty()) return then();
+        log::info("mirror", run->cfg.name, ": forgetting ", forgotten->size(),
+                  " marks an unfinished run recorded and never published");
+        std::unordered_set<std::string> gone(forgotten->begin(), forgotten->end());
+        std::vector<std::pair<std::string, std::string>> kept;
+        for (auto& k : run->known) {
+          if (!gone.count(k.first)) kept.push_back(std::move(k));
+        }
+        run->known = std::move(kept);
+        run->known_source.clear();
+        run->known_target.clear();
+        for (size_t i = 0; i < run->known.size(); ++i) {
+          run->known_source[run->known[i].first] = i + 1;
+          run->known_target[run->known[i].second] = i + 1;
+        }
+        then();
+      });
+}
+
+// Carries what the target lacks, or only publishes (a run that died after
+// recording and before publishing ends here), or nothing.
+void Mirrors::carry(std::shared_ptr<Run> run) {
+  auto known = run->known_source.find(run->source_head);
+  if (known == run->known_source.end()) return stream(run);
+  run->target_head = run->known[known->second - 1].second;
+  if (run->target_head == run->target_before) return finish(run, "succeeded", "");
+  record(run);
 }
 
 // ---------------------------------------------------------------------------

@@ -88,6 +88,8 @@ class Mirrors {
   void begin(int mirror_id, bool forced, std::function<void(Result<nlohmann::json>)> done);
   void claimed(std::shared_ptr<Run> run);
   void targetHead(std::shared_ptr<Run> run);
+  void forgetUnpublished(std::shared_ptr<Run> run, std::function<void()> then);
+  void carry(std::shared_ptr<Run> run);
   void stream(std::shared_ptr<Run> run);
   void streamed(std::shared_ptr<Run> run);
   void verify(std::shared_ptr<Run> run);

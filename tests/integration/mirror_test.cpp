@@ -96,6 +96,16 @@ class Mirror : public ::testing::Test {
     auto [state, out] = command("pefnos.poll_now(" + std::to_string(repo) + ")");
     ASSERT_EQ(state, "done") << out << master_->output();
   }
+  // A branch row just inserted reaches the master's model by NOTIFY: polls
+  // until the branch has a head (bounded).
+  void pollUntilHead(int repo, int branch) {
+    for (int i = 0; i < 50; ++i) {
+      pollNow(repo);
+      if (sql("SELECT count(*) FROM pefnos.branch_head WHERE branch_id = " + std::to_string(branch)) == "1") return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ADD_FAILURE() << "branch " << branch << " never got a head";
+  }
   std::pair<std::string, std::string> mirrorNow(int mirror) {
     return command("pefnos.mirror_now(" + std::to_string(mirror) + ")");
   }
@@ -215,8 +225,7 @@ TEST_F(Mirror, CarriesHistoryWithOldBranchesIncrementallyAndVerifiesIt) {
   EXPECT_EQ(targetFile("mirrored", "a.txt"), "one, changed on the side\n");
   EXPECT_EQ(targetFile("mirrored", "docs/\xc3\xbcn\xc3\xaf" "code name.txt"), "caf\xc3\xa9\n");
 
-  addBranch(trepo, "mirrored");
-  pollNow(trepo);
+  pollUntilHead(trepo, addBranch(trepo, "mirrored"));
   expectCommitsCorrespond(mirror, srepo, trepo);
 
   // Old history merged in after the first run: its parent is an old, known revision.
@@ -295,8 +304,7 @@ TEST_F(Mirror, AMarkThatDoesNotMatchTheTargetIsCaughtWithThePathNamed) {
   const std::string head = src_->head(main);
   tgt_->branch("corrupt", "mirrored");
   const std::string bad = tgt_->commit("corrupt", {test::File{"a.txt", "corrupted\n"}}, "second");
-  addBranch(trepo, "corrupt");
-  pollNow(trepo);
+  pollUntilHead(trepo, addBranch(trepo, "corrupt"));
   sql("UPDATE pefnos.mirror_mark SET target_revision = " + q(bad) + " WHERE source_revision = " + q(head));
 
   auto [rc, out] = test::run({test::pefnosBinary(), "ctl", "verify", std::to_string(mirror), "--all", "--db", tdb_.conninfo()});
