@@ -8,8 +8,11 @@
 //                the marks the target already has are read in the same
 //                transaction (for a collection, every member's marks: a
 //                revision carried A->B is known to B->A and to B->C as A's)
-//   target head  listHeads of the target: a head the mirror did not write is
-//                divergence, and the run stops without touching anything
+//   source head  updateProxy of the source branch (another master may have
+//                recorded the head this master's proxy lacks)
+//   target head  listHeads of the target: a head the mirror did not leave
+//                there (moved by someone else, back included) is divergence,
+//                and the run stops without touching anything
 //   stream       source fastExport -> StreamFilter -> target fastImport,
 //                chunk by chunk, pausing the exporter while the importer is
 //                behind (memory stays bounded whatever the stream's size)
@@ -26,7 +29,10 @@
 // A run that dies anywhere (a killed master, exporter or importer) leaves
 // the marks as the last committed run wrote them and the upstream as it was
 // or fully moved: the next run starts from the marks, and a run whose
-// source head is already mapped only publishes. Infrastructure failures end
+// source head is already mapped only publishes. Marks that a dead run
+// recorded but never published (the target does not show its head) are
+// forgotten by the next run and carried again: they may name revisions that
+// only the dead master's proxy holds. Infrastructure failures end
 // 'interrupted' and are retried; verification failures and divergence end
 // 'failed' and stop the mirror until someone runs mirror-now.
 #pragma once
