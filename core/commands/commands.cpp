@@ -31,6 +31,12 @@ constexpr const char* kFinish = R"(
      SET state = $2, result = $3::jsonb, error = $4, finished_at = now(), lease_until = NULL
    WHERE id = $1 AND claimed_by = $5 AND state = 'running')";
 
+// A command whose handler lost the database connection under it did not
+// fail: it goes back to the queue and runs again once the server is back.
+constexpr const char* kRequeue = R"(
+  UPDATE pefnos.command SET state = 'queued', claimed_by = NULL, lease_until = NULL
+   WHERE id = $1 AND claimed_by = $2 AND state = 'running')";
+
 constexpr const char* kGiveBack = R"(
   UPDATE pefnos.command SET state = 'queued', claimed_by = NULL, lease_until = NULL
    WHERE state = 'running' AND claimed_by = $1)";
@@ -152,9 +158,15 @@ void Runner::run(Command command) {
 }
 
 void Runner::finish(long long id, Result<nlohmann::json> outcome) {
-  if (!outcome) log::warning("commands", "command ", id, " failed: ", outcome.error().message);
+  const bool requeue = !outcome && outcome.error().message.rfind("lost the database connection", 0) == 0;
+  if (requeue) {
+    log::warning("commands", "command ", id, " lost the database connection while it ran; queued again");
+  } else if (!outcome) {
+    log::warning("commands", "command ", id, " failed: ", outcome.error().message);
+  }
   db_.transact<int>(
-      [id, master = options_.master, outcome = std::move(outcome)](pqxx::work& tx) {
+      [id, requeue, master = options_.master, outcome = std::move(outcome)](pqxx::work& tx) {
+        if (requeue) return static_cast<int>(tx.exec_params(kRequeue, id, master).affected_rows());
         // libpqxx 6.4 binds a null const char* as SQL NULL.
         const std::string text = outcome ? outcome.value().dump() : outcome.error().message;
         const char* result = outcome ? text.c_str() : nullptr;
@@ -163,8 +175,9 @@ void Runner::finish(long long id, Result<nlohmann::json> outcome) {
             tx.exec_params(kFinish, id, outcome ? "done" : "failed", result, error, master)
                 .affected_rows());
       },
-      [this, id](Result<int> written) {
+      [this, id, requeue](Result<int> written) {
         --in_flight_;
+        if (requeue && written && *written > 0) claim();  // the server is back: run it again
         if (!written) {
           log::error("commands", "cannot record the outcome of command ", id, ": ",
                      written.error().message);
