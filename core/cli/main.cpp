@@ -2,6 +2,7 @@
 // subcommand to the room that does the work. Nothing here talks to libuv or
 // PostgreSQL beyond wiring; see serve.cpp for `up` and `master`.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -168,6 +169,13 @@ int clusterCommand(const std::string& action, const std::string& home, const clu
 
 int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);  // a vanished peer is an EPIPE error, not a death
+  // Workers, HTTP and event clients, plugins' pipes: as many descriptors as
+  // the hard limit allows (an unprivileged user's soft default is 1,024).
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = std::min<rlim_t>(files.rlim_max, 65536);
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   CLI::App app{"pefnos: a continuous-integration daemon whose configuration lives in PostgreSQL"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("pefnos ") + PEFNOS_VERSION);

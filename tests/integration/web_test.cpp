@@ -1,6 +1,7 @@
 // The JSON API and metrics of a real master (`--http 127.0.0.1:0`), read
 // over real loopback HTTP, against rows the test writes.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -462,6 +463,13 @@ TEST_F(Web, EventsFanOneNotifyOutToEveryClient) {
 }
 
 TEST_F(Web, ThousandsOfEventClientsAreBoundedInNumberAndMemory) {
+  // 1,300 sockets on each side: past an unprivileged user's default of 1,024.
+  rlimit files{};
+  getrlimit(RLIMIT_NOFILE, &files);
+  if (files.rlim_cur < 4096 && files.rlim_max >= 4096) {
+    files.rlim_cur = 4096;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   const long before_kb = rssKb(master_->pid());
   std::vector<std::unique_ptr<StreamClient>> clients;
   for (int i = 0; i < 1300; ++i) clients.push_back(std::make_unique<StreamClient>(port_, "/api/v1/events"));
