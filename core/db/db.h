@@ -9,7 +9,9 @@
 // Listener  one dedicated LISTEN connection; NOTIFY payloads go to
 //           subscribers on the loop thread. After every (re)connection it
 //           calls the onListening callbacks: NOTIFY is only a wake-up, so
-//           subscribers then catch up from the rows.
+//           subscribers then catch up from the rows. What it has read and
+//           the loop has not yet handled is bounded: past the bound it stops
+//           reading, and the server keeps the rest in its NOTIFY queue.
 #pragma once
 
 #include <uv.h>
@@ -104,9 +106,16 @@ class Database {
   std::atomic<int> connected_threads_{0};
 };
 
+// The bound on notifications a Listener has read and the loop not yet handled.
+struct ListenerBound {
+  size_t notifications = 10000;
+  size_t bytes = 16 << 20;  // of payloads
+};
+
 class Listener {
  public:
-  Listener(uv_loop_t* loop, std::string conninfo);
+  using Bound = ListenerBound;
+  Listener(uv_loop_t* loop, std::string conninfo, Bound bound = {});
   ~Listener();
   Listener(const Listener&) = delete;  // owns a thread and a connection
   Listener& operator=(const Listener&) = delete;
@@ -120,10 +129,17 @@ class Listener {
   void onLost(std::function<void(const std::string& why)> callback);
   void start();
   bool listening() const { return listening_; }
+  // Notifications (and their bytes) read and not yet handled; the most
+  // there ever were; how often reading paused at the bound.
+  size_t queued() const { return queued_; }
+  size_t queuedBytes() const { return queued_bytes_; }
+  size_t queuedHighWater() const { return queued_high_; }
+  size_t pauses() const { return pauses_; }
 
  private:
   void threadMain();
   void wakeThread();
+  bool full() const { return queued_ >= bound_.notifications || queued_bytes_ >= bound_.bytes; }
 
   std::string conninfo_;
   loop::Mailbox mailbox_;
@@ -137,6 +153,9 @@ class Listener {
   std::condition_variable wait_;
   int wake_fd_ = -1;  // eventfd: interrupts the thread's poll()
   std::atomic<bool> listening_{false};
+  const Bound bound_;
+  std::atomic<size_t> queued_{0}, queued_bytes_{0}, queued_high_{0}, pauses_{0};
+  std::atomic<bool> paused_{false};  // the thread waits for the loop to drain
   std::thread thread_;
 };
 

@@ -30,8 +30,8 @@ class Receiver : public pqxx::notification_receiver {
 
 }  // namespace
 
-Listener::Listener(uv_loop_t* loop, std::string conninfo)
-    : conninfo_(std::move(conninfo)), mailbox_(loop) {
+Listener::Listener(uv_loop_t* loop, std::string conninfo, Bound bound)
+    : conninfo_(std::move(conninfo)), mailbox_(loop), bound_(bound) {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
@@ -104,7 +104,21 @@ void Listener::threadMain() {
         for (auto& cb : on_listening_) cb();
       });
       for (;;) {
-        pollfd fds[2] = {{conn->sock(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+        // At the bound, stop reading until the loop has drained (it wakes
+        // us): the notifications wait in the server's queue, not in memory.
+        // paused_ is set before full() is checked again, and the loop
+        // drains before it reads paused_, so one of the two sees the other.
+        bool pause = full();
+        if (pause) {
+          paused_ = true;
+          pause = full();
+          if (!pause) paused_ = false;
+        }
+        if (pause && ++pauses_ == 1) {
+          log::warning("listener", "the loop is ", queued_.load(), " notifications behind; reading waits for it"
+                       " (the server queues the rest)");
+        }
+        pollfd fds[2] = {{pause ? -1 : conn->sock(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
         if (poll(fds, 2, -1) < 0 && errno != EINTR) throw pqxx::broken_connection("poll failed");
         if (fds[1].revents & POLLIN) {
           uint64_t count;
@@ -121,12 +135,20 @@ void Listener::threadMain() {
           if (!conn->is_open()) throw pqxx::broken_connection("connection closed");
         }
         if (!arrived.empty()) {
-          mailbox_.post([this, batch = std::move(arrived)] {
+          size_t bytes = 0;
+          for (const auto& n : arrived) bytes += n.payload.size();
+          const size_t now = queued_ += arrived.size();
+          queued_bytes_ += bytes;
+          if (now > queued_high_) queued_high_ = now;
+          mailbox_.post([this, bytes, batch = std::move(arrived)] {
             for (const auto& n : batch) {
               auto it = handlers_.find(n.channel);
               if (it == handlers_.end()) continue;
               for (auto& h : it->second) h(n.payload);
             }
+            queued_ -= batch.size();
+            queued_bytes_ -= bytes;
+            if (paused_.exchange(false)) wakeThread();
           });
           arrived.clear();
         }

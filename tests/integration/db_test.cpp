@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <thread>
 
 #include "core/db/db.h"
 #include "core/db/migrate.h"
@@ -97,6 +98,40 @@ TEST_F(DbTest, ChannelSubscribedLaterIsListened) {
   });
   ASSERT_TRUE(runUntil([&] { return !got.empty(); }));
   EXPECT_EQ(got, "heard");
+}
+
+TEST_F(DbTest, ListenerHoldsABoundedBacklogWhileTheLoopIsBusyAndLosesNothing) {
+  // 3,000 notifications of 1 kB while the loop does not run: the listener
+  // reads up to its bound (64 kB here), then leaves the rest with the server.
+  db::Listener listener(&loop_, tdb_.conninfo(), {.notifications = 10000, .bytes = 64 << 10});
+  std::vector<std::string> got;
+  listener.subscribe("burst", [&](const std::string& p) { got.push_back(p); });
+  listener.start();
+  ASSERT_TRUE(runUntil([&] { return listener.listening(); }));
+  constexpr int kSent = 3000;
+  {
+    pqxx::connection conn(tdb_.conninfo());
+    for (int batch = 0; batch < kSent / 100; ++batch) {
+      pqxx::work tx(conn);
+      tx.exec("SELECT count(pg_notify('burst', lpad(g::text, 1000, '-'))) FROM generate_series(" +
+              std::to_string(batch * 100 + 1) + ", " + std::to_string(batch * 100 + 100) + ") g");
+      tx.commit();
+    }
+  }
+  const auto deadline = steady_clock::now() + seconds(10);
+  while (listener.pauses() == 0 && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(10));
+  std::this_thread::sleep_for(milliseconds(200));  // a listener without a bound would read on meanwhile
+  EXPECT_GE(listener.pauses(), 1u);
+  // At most the bound and what one read of the socket brings with it.
+  EXPECT_LT(listener.queuedHighWater(), 1000u) << "of " << kSent;
+  EXPECT_TRUE(got.empty()) << "the loop did not run";
+  ASSERT_TRUE(runUntil([&] { return got.size() >= kSent; }, seconds(30))) << got.size();
+  ASSERT_EQ(got.size(), static_cast<size_t>(kSent));
+  for (int i = 0; i < kSent; ++i) {
+    ASSERT_EQ(got[i].substr(got[i].find_first_not_of('-')), std::to_string(i + 1)) << "in order, none lost";
+  }
+  EXPECT_EQ(listener.queued(), 0u);
+  EXPECT_EQ(listener.queuedBytes(), 0u);
 }
 
 TEST_F(DbTest, QueryErrorIsAValueAndTheConnectionGoesOn) {
