@@ -291,7 +291,7 @@ struct Builds::Impl {
 
   void onBytes(const std::shared_ptr<Session>& s, std::string_view bytes) {
     s->last_heard = uv_now(loop);
-    if (auto fed = s->decoder.feed(bytes); !fed) return close(s, "protocol error: " + fed.error().message);
+    if (auto fed = s->decoder.feed(bytes); !fed) return close(s, fed.error().message);  // says "protocol error"
     while (auto frame = s->decoder.next()) {
       if (s->state == Session::State::closed) return;
       if (frame->kind == protocol::Kind::data) {
@@ -300,7 +300,7 @@ struct Builds::Impl {
         continue;
       }
       auto m = protocol::parseControl(frame->payload);
-      if (!m) return close(s, "protocol error: " + m.error().message);
+      if (!m) return close(s, m.error().message);
       try {
         onControl(s, *m);
       } catch (const json::exception& e) {
@@ -851,10 +851,12 @@ struct Builds::Impl {
   }
 
   // ---------------------------------------------------------------- commands
-  void forceBuild(int builder, int branch, const std::string& revision,
+  void forceBuild(int builder, int branch, const std::string& revision, long long command,
                   std::function<void(Result<json>)> done) {
     // The request is queued and, in the same transaction, claimed for a free
-    // worker: one commit less between the command and the worker.
+    // worker: one commit less between the command and the worker. It names
+    // its command: a command run again (its master died before writing the
+    // outcome) finds the request it already made.
     std::shared_ptr<Session> free;
     for (const auto& s : sessions) {
       if (s->state == Session::State::ready && !s->claiming && s->freeSlots() > 0) {
@@ -868,7 +870,7 @@ struct Builds::Impl {
       std::optional<Claimed> claimed;
     };
     db.transact<Forced>(
-        [builder, branch, revision, free = free ? std::optional<std::tuple<std::string, bool, int>>(
+        [builder, branch, revision, command, free = free ? std::optional<std::tuple<std::string, bool, int>>(
                                                       std::make_tuple(free->tags.dump(), free->trusted, free->worker_id))
                                                 : std::nullopt,
          name = options.master_name, lease = options.lease_seconds](pqxx::work& tx) {
@@ -881,14 +883,20 @@ struct Builds::Impl {
             throw std::runtime_error("branch " + std::to_string(branch) +
                                      " has no head yet (not polled?) and no revision was given");
           }
+          const std::optional<long long> command_id = command ? std::optional(command) : std::nullopt;
           auto r = tx.exec_params(
-              "INSERT INTO pefnos.build_request (builder_id, branch_id, commit_id, revision, reason, priority)"
+              "INSERT INTO pefnos.build_request (builder_id, branch_id, commit_id, revision, reason, priority, command_id)"
               " SELECT $1, $2, (SELECT c.id FROM pefnos.commit c JOIN pefnos.branch_head h ON h.commit_id = c.id"
-              "  WHERE h.branch_id = $2 AND h.revision = $3), $3, 'force', 10"
-              " RETURNING id, revision",
-              builder, branch, head[0][0].as<std::string>());
+              "  WHERE h.branch_id = $2 AND h.revision = $3), $3, 'force', 10, $4"
+              " ON CONFLICT (command_id) DO NOTHING RETURNING id, revision",
+              builder, branch, head[0][0].as<std::string>(), command_id);
+          const bool made = !r.empty();
+          if (!made) {
+            r = tx.exec_params("SELECT id, revision FROM pefnos.build_request WHERE command_id = $1", command);
+          }
           Forced f{json{{"request", r[0][0].as<long long>()}, {"revision", r[0][1].as<std::string>()}}, {}};
-          if (free) {
+          if (!made) f.reply["again"] = true;
+          if (free && made) {
             // A savepoint: a claim that loses a race leaves the request queued.
             tx.exec("SAVEPOINT claim");
             try {
@@ -964,9 +972,9 @@ Builds::~Builds() {
 void Builds::start(std::function<void(Status)> started) { impl_->start(std::move(started)); }
 int Builds::port() const { return impl_->server ? impl_->server->port() : 0; }
 void Builds::dispatchSoon() { impl_->dispatchSoon(); }
-void Builds::forceBuild(int builder, int branch, const std::string& revision,
+void Builds::forceBuild(int builder, int branch, const std::string& revision, long long command,
                         std::function<void(Result<nlohmann::json>)> done) {
-  impl_->forceBuild(builder, branch, revision, std::move(done));
+  impl_->forceBuild(builder, branch, revision, command, std::move(done));
 }
 void Builds::stopBuild(long long build, std::function<void(Result<nlohmann::json>)> done) {
   impl_->stopBuild(build, std::move(done));

@@ -65,7 +65,9 @@ class Builds {
   // A request may be waiting (NOTIFY pefnos_request, a command, a timer).
   void dispatchSoon();
   // The command kinds: force-build {builder, branch, revision?} and stop-build {build}.
-  void forceBuild(int builder_id, int branch_id, const std::string& revision,
+  // A force-build makes one request per command (command_id, 0 for none),
+  // however often the command is run.
+  void forceBuild(int builder_id, int branch_id, const std::string& revision, long long command_id,
                   std::function<void(Result<nlohmann::json>)> done);
   void stopBuild(long long build_id, std::function<void(Result<nlohmann::json>)> done);
   // Renews the leases of what runs here (the master's heartbeat calls it).

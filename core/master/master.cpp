@@ -3,6 +3,8 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <limits>
+#include <optional>
 #include <unistd.h>
 
 #include "core/base/hostport.h"
@@ -107,11 +109,21 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
   scheduler::Scheduler::Options sopts;
   sopts.proxy_root = options_.state_dir + "/proxy";
   scheduler_ = std::make_unique<scheduler::Scheduler>(loop_, *db_, *model_, *plugins_, sopts);
-  runner_->handle("poll-now", [this](const commands::Command& c, commands::Reply reply) {
-    if (!c.args.contains("repository") || !c.args["repository"].is_number_integer()) {
-      return reply(Error{"poll-now needs {\"repository\": ID}"});
-    }
-    const int id = c.args["repository"].get<int>();
+  // An id argument: an integer within what the column holds (int, or bigint
+  // for builds), so that a larger number never wraps around to another row.
+  auto intArg = [](const commands::Command& c, const char* key,
+                   long long max = std::numeric_limits<int>::max()) -> std::optional<long long> {
+    if (!c.args.contains(key) || !c.args[key].is_number_integer()) return std::nullopt;
+    const auto& v = c.args[key];
+    if (v.is_number_unsigned() && v.get<unsigned long long>() > static_cast<unsigned long long>(max)) return std::nullopt;
+    const long long n = v.get<long long>();
+    if (n > max || n < -max - 1) return std::nullopt;
+    return n;
+  };
+  runner_->handle("poll-now", [this, intArg](const commands::Command& c, commands::Reply reply) {
+    const auto repository = intArg(c, "repository");
+    if (!repository) return reply(Error{"poll-now needs {\"repository\": ID}"});
+    const int id = static_cast<int>(*repository);
     auto poll = [this, id, reply] {
       scheduler_->pollNow(id, [reply](Result<scheduler::PollReport> r) {
         if (!r) return reply(r.error());
@@ -140,10 +152,6 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
     listener_->subscribe("pefnos_request", [this](const std::string&) { builds_->dispatchSoon(); });
     listener_->onListening([this] { builds_->dispatchSoon(); });  // requests queued while away
   }
-  auto intArg = [](const commands::Command& c, const char* key) -> std::optional<long long> {
-    if (!c.args.contains(key) || !c.args[key].is_number_integer()) return std::nullopt;
-    return c.args[key].get<long long>();
-  };
   if (options_.mirrors) {
     mirror::Mirrors::Options mopts;
     mopts.master = options_.name;
@@ -170,10 +178,10 @@ void Master::serve(const std::vector<std::string>& configured_plugin_dirs) {
     if (!builds_) return reply(Error{"this master runs no builds (started without workers)"});
     std::string revision = c.args.contains("revision") && c.args["revision"].is_string()
                                ? c.args["revision"].get<std::string>() : "";
-    builds_->forceBuild(static_cast<int>(*builder), static_cast<int>(*branch), revision, reply);
+    builds_->forceBuild(static_cast<int>(*builder), static_cast<int>(*branch), revision, c.id, reply);
   });
   runner_->handle("stop-build", [this, intArg](const commands::Command& c, commands::Reply reply) {
-    auto build = intArg(c, "build");
+    auto build = intArg(c, "build", std::numeric_limits<long long>::max());
     if (!build) return reply(Error{"stop-build needs {\"build\": ID}"});
     if (!builds_) return reply(Error{"this master runs no builds (started without workers)"});
     builds_->stopBuild(*build, reply);

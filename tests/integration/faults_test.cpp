@@ -342,16 +342,20 @@ TEST_F(Faults, TwentyKillsOfTheMasterLoseNoRequestCommandResultOrMark) {
                 "l.data, 'UTF8'), '' ORDER BY l.seq) FROM pefnos.log l JOIN pefnos.step s ON s.id = l.step_id WHERE "
                 "s.build_id = b.id) IS DISTINCT FROM E'go\\ndone\\n'"),
             "0") << "a succeeded build's log is not whole";
-  // Commands: none lost, each with its outcome; forced builds at least once each.
+  // Commands: none lost, each with its outcome; forced builds exactly once each.
   EXPECT_EQ(sql("SELECT count(*) FROM pefnos.command"), std::to_string(commands.size()));
   EXPECT_EQ(sql("SELECT count(*) FROM pefnos.command WHERE kind IN ('ping', 'poll-now', 'force-build') AND state <> "
                 "'done'"),
             "0") << sql("SELECT string_agg(id || ' ' || kind || ' ' || coalesce(error, ''), ', ') FROM pefnos.command "
                         "WHERE state <> 'done'");
   const long long forced = num("SELECT count(*) FROM pefnos.build_request WHERE reason = 'force'");
-  // At least once: a master killed after the request's commit and before the
-  // command's outcome runs the command again when it restarts.
-  EXPECT_GE(forced, 3 * kRounds);
+  // Exactly once: a master killed after the request's commit and before the
+  // command's outcome runs the command again when it restarts, and finds the
+  // request it made.
+  EXPECT_EQ(forced, 3 * kRounds);
+  EXPECT_EQ(sql("SELECT count(*) FROM pefnos.command c WHERE kind = 'force-build' AND (SELECT count(*) FROM "
+                "pefnos.build_request r WHERE r.command_id = c.id) <> 1"),
+            "0") << "a force-build command without exactly one request";
   // Polls: every upstream commit recorded once, one poll request per head per builder.
   auto [rc, count] = test::run({"git", "-C", forge_->url(), "rev-list", "--count", "main"});
   count.erase(count.find_last_not_of("\n") + 1);
