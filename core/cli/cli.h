@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 #include <stdexcept>
@@ -45,6 +46,7 @@ struct ServeArgs {
   std::string workers = "127.0.0.1:7420";  // --workers; "none": no workers
   std::string http = "none";               // --http; `up` serves it by default
   int local_slots = 2;                     // up: slots of the local worker
+  std::string user;                        // master --user: the user to become when started by root
 };
 
 // `pefnos worker`.
@@ -53,7 +55,12 @@ struct WorkerArgs {
   std::string name, secret_file, workdir;
   std::string tags;  // k=v,k=v
   int slots = 1;
+  std::string user;  // --user: the user to become when started by root
 };
+// Started by root: gives the paths to `user` and becomes it (see
+// core/base/user.h); without a user, says that it stays root. A failure is fatal.
+void dropRoot(const std::string& user, const std::string& option,
+              const std::vector<std::filesystem::path>& writable);
 int runWorker(const WorkerArgs& args);
 // `pefnos ctl worker-secret NAME`: sets the worker's verifier from a secret
 // file (made, with a random secret, when it does not exist).

@@ -192,7 +192,8 @@ int main(int argc, char** argv) {
                  "pefnos home (default $PEFNOS_HOME, /var/lib/pefnos for root, else ~/.pefnos)");
   up->add_flag("--demo", up_args.demo, "import the demo configuration (config/examples/demo.json)");
   up->add_option("--server-user", up_args.cluster.server_user,
-                 "when run as root, run PostgreSQL as this user")
+                 "when run as root, run PostgreSQL as this user, and the daemon too once the server "
+                 "is up (it gets the home's state/, work/ and demo/)")
       ->capture_default_str();
   up->add_option("--name", up_args.name, "master name (default: the host name)");
   up->add_option("--plugin-dir", up_args.plugin_dirs, "also load plugins from this directory");
@@ -226,6 +227,8 @@ int main(int argc, char** argv) {
                      "seconds between heartbeats (leases, workers); a worker silent for three is dropped")
       ->check(CLI::Range(1, 3600))
       ->capture_default_str();
+  master->add_option("--user", master_args.user,
+                     "when run as root, become this user at once (it gets the state directory)");
   master->add_option("--db-connections", master_args.db_connections,
                      "database connections for queries")
       ->check(CLI::Range(1, 64))
@@ -249,6 +252,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   worker->add_option("--workdir", worker_args.workdir,
                      "where build directories are made (default: ./pefnos-work)");
+  worker->add_option("--user", worker_args.user,
+                     "when run as root, become this user once the secret is read (it gets the workdir)");
 
   // db
   DbArgs db_args;

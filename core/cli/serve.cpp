@@ -1,10 +1,13 @@
 // `pefnos up` and `pefnos master`: the long-running modes.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 
 #include "core/base/hostport.h"
 #include "core/base/log.h"
+#include "core/base/user.h"
 #include "core/cli/cli.h"
 #include "core/config/config.h"
 #include "core/db/migrate.h"
@@ -19,6 +22,13 @@ extern char** environ;
 namespace pefnos::cli {
 namespace {
 
+// Where the proxies of upstream repositories live: --state-dir, else HOME/state.
+std::string stateDir(const ServeArgs& args) {
+  if (!args.state_dir.empty()) return args.state_dir;
+  return (cluster::layoutFor(args.db.home.empty() ? cluster::defaultHome().string() : args.db.home).home / "state")
+      .string();
+}
+
 // Runs a master on loop until SIGINT/SIGTERM (or a fatal error), then calls
 // after_stop on the loop thread. Returns the exit code.
 int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
@@ -30,11 +40,7 @@ int serve(uv_loop_t* loop, const ServeArgs& args, const std::string& conninfo,
   options.name = args.name.empty() ? master::defaultName() : args.name;
   options.db_connections = args.db_connections;
   options.heartbeat_seconds = args.heartbeat_seconds;
-  options.state_dir = args.state_dir.empty()
-                          ? (cluster::layoutFor(args.db.home.empty() ? cluster::defaultHome().string()
-                                                                     : args.db.home)
-                                 .home / "state").string()
-                          : args.state_dir;
+  options.state_dir = stateDir(args);
   options.plugin_dirs = args.plugin_dirs;
   options.workers_listen = args.workers == "none" ? "" : args.workers;
   options.http_listen = args.http == "none" ? "" : args.http;
@@ -187,7 +193,19 @@ int closeLoop(uv_loop_t* loop, int rc) {
   return rc;
 }
 
+void dropRoot(const std::string& user, const std::string& option, const std::vector<std::filesystem::path>& writable) {
+  if (geteuid() != 0) return;
+  if (user.empty()) {
+    log::warning("pefnos", "running as root: ", option, " USER runs it as an unprivileged user instead");
+    return;
+  }
+  if (auto given = giveToUser(user, {}, writable); !given) fail(given.error().message);
+  if (auto became = becomeUser(user); !became) fail(became.error().message);
+  log::info("pefnos", "running as user ", user, " (started by root)");
+}
+
 int runMaster(const ServeArgs& args) {
+  dropRoot(args.user, "--user", {stateDir(args)});
   uv_loop_t loop;
   uv_loop_init(&loop);
   std::string conninfo = resolveConninfo(args.db);
@@ -223,6 +241,29 @@ int runUp(const ServeArgs& args) {
     }
     cl.reset();
   };
+
+  // Root was needed only to start the server as its user; from here on the
+  // daemon is that same user (which can still stop the server), and what it
+  // writes under the home is given to it first.
+  const std::filesystem::path home_dir = cl->layout().home;
+  if (geteuid() == 0) {
+    std::vector<std::filesystem::path> writable = {stateDir(args), home_dir / "work"};
+    if (args.demo) writable.push_back(home_dir / "demo");
+    auto given = giveToUser(args.cluster.server_user, writable, writable);
+    // The local worker's secret is made here, while the home can be written.
+    const auto secret = home_dir / "local-worker.secret";
+    if (given && args.workers != "none") {
+      if (auto made = worker::createSecretFile(secret.string()); !made) given = made.error();
+    }
+    if (given) given = giveToUser(args.cluster.server_user, {}, {secret});
+    if (given) given = becomeUser(args.cluster.server_user);
+    if (!given) {
+      stop_cluster();
+      closeLoop(&loop, 1);
+      fail(given.error().message);
+    }
+    log::info("pefnos", "running as user ", args.cluster.server_user, ", as the server does (started by root)");
+  }
 
   const std::string conninfo = cluster::conninfo(cl->layout());
   try {

@@ -29,6 +29,7 @@ int runWorker(const WorkerArgs& args) {
   std::error_code ec;
   std::filesystem::create_directories(o.workdir, ec);
   if (ec) fail("cannot create the work directory " + o.workdir + ": " + ec.message());
+  dropRoot(args.user, "--user", {o.workdir});  // the secret is read: root is needed no more
   for (size_t start = 0; start < args.tags.size();) {
     size_t end = args.tags.find(',', start);
     if (end == std::string::npos) end = args.tags.size();

@@ -1,7 +1,10 @@
 // The embedded default: `pefnos up` with its private PostgreSQL, and a master
 // that survives its database server going away and coming back.
 #include <gtest/gtest.h>
+#include <pwd.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -28,6 +31,15 @@ std::optional<pid_t> postmasterPid(const std::string& home) {
   return std::nullopt;
 }
 
+// The real uid of a process, from /proc/PID/status ("Uid: real effective ...").
+uid_t processUid(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Uid:", 0) == 0) return static_cast<uid_t>(std::stoul(line.substr(4)));
+  }
+  return static_cast<uid_t>(-1);
+}
+
 TEST(Up, DemoServesCommandsAndCtrlCLeavesNoProcessBehind) {
   test::TempDir dir("pefnos-up");
   const std::string home = dir.path() + "/home";
@@ -42,6 +54,15 @@ TEST(Up, DemoServesCommandsAndCtrlCLeavesNoProcessBehind) {
     auto pid = postmasterPid(home);
     ASSERT_TRUE(pid.has_value());
     server = *pid;
+    // Started by root, the daemon needs root only to start the server as
+    // its user: then it becomes that user too, and owns what it writes.
+    const uid_t expected = geteuid() == 0 ? getpwnam("postgres")->pw_uid : geteuid();
+    EXPECT_EQ(processUid(up.pid()), expected) << up.output();
+    for (const char* dir : {"/state", "/work", "/demo", "/local-worker.secret"}) {
+      struct stat st {};
+      ASSERT_EQ(stat((home + dir).c_str(), &st), 0) << dir;
+      EXPECT_EQ(st.st_uid, expected) << dir;
+    }
 
     auto [rc, out] = run({bin, "ctl", "ping", "--wait", "--home", home});
     EXPECT_EQ(rc, 0) << out << up.output();
