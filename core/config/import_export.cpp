@@ -16,6 +16,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "core/base/json_depth.h"
 #include "core/config/config.h"
 #include "core/config/sql.h"
 
@@ -81,14 +82,14 @@ class Fields {
   std::string text(const std::string& key, std::optional<std::string> fallback = std::nullopt) {
     const json* v = find(key, !fallback);
     if (v == nullptr) return fallback.value_or("");
-    if (v->is_string()) return v->get<std::string>();
+    if (v->is_string()) return withoutNul(key, v->get<std::string>());
     expected(key, "a string", *v);
     return fallback.value_or("");
   }
   std::optional<std::string> nullableText(const std::string& key) {
     const json* v = find(key, false);
     if (v == nullptr || v->is_null()) return std::nullopt;
-    if (v->is_string()) return v->get<std::string>();
+    if (v->is_string()) return withoutNul(key, v->get<std::string>());
     expected(key, "a string or null", *v);
     return std::nullopt;
   }
@@ -149,6 +150,11 @@ class Fields {
   }
 
  private:
+  // PostgreSQL text cannot hold a NUL: the string would be cut there, silently.
+  std::string withoutNul(const std::string& key, std::string s) {
+    if (s.find('\0') != std::string::npos) error(path(key), "NUL characters are not allowed");
+    return s;
+  }
   void expected(const std::string& key, const std::string& what, const json& got) {
     error(path(key), "expected " + what + ", got " + describe(got));
   }
@@ -651,6 +657,8 @@ Result<ImportReport> importFile(pqxx::connection& conn, const std::string& path)
   if (!in) return Error{"cannot read " + path + ": " + std::strerror(errno)};
   std::stringstream content;
   content << in.rdbuf();
+  if (jsonDepth(content.str()) > kMaxJsonDepth)
+    return Error{path + ": invalid JSON: nested more than " + std::to_string(kMaxJsonDepth) + " deep"};
   json doc;
   try {
     doc = json::parse(content.str());

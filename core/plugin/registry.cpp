@@ -110,6 +110,13 @@ void Registry::loadDirectory(const std::string& dir) {
 }
 
 void Registry::loadFile(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return refuse(path, "cannot be read: " + std::string(std::strerror(errno)));
+  // Opening a FIFO would wait for a writer forever, and a device may never end.
+  if (!S_ISREG(st.st_mode)) return refuse(path, "not a loadable shared object: not a regular file");
+  // As for its directory: whoever can write the file could run code inside the daemon.
+  if ((st.st_mode & S_IWOTH) || (st.st_mode & S_IWGRP))
+    return refuse(path, "the plugin file is writable by others than its owner");
   if (auto elf = checkElf(path); !elf) {
     return refuse(path, "not a loadable shared object: " + elf.error().message);
   }

@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "core/base/json_depth.h"
+
 namespace pefnos::protocol {
 namespace {
 
@@ -143,6 +145,8 @@ std::optional<Frame> Decoder::next() {
 size_t Decoder::buffered() const { return pending_.size() + ready_bytes_; }
 
 Result<nlohmann::json> parseControl(std::string_view payload) {
+  if (jsonDepth(payload) > kMaxJsonDepth)
+    return Error{"protocol error: a control frame nested more than " + std::to_string(kMaxJsonDepth) + " deep"};
   nlohmann::json message;
   try {
     message = nlohmann::json::parse(payload);

@@ -182,6 +182,31 @@ Reconciled reconcileBranches(pqxx::work& tx, int repository_id, const std::vecto
   return out;
 }
 
+// Whether an upstream's branch name can be a branch row: UTF-8 (PostgreSQL's
+// text) and what the CHECK on pefnos.branch.name allows. A VCS may allow more
+// (git takes any bytes, at any length); one such branch must not stop the poll
+// of all the others.
+bool recordableBranchName(const std::string& name) {
+  if (name.empty() || name.front() == '-') return false;
+  size_t characters = 0;
+  for (size_t i = 0; i < name.size(); ++characters) {
+    const auto lead = static_cast<unsigned char>(name[i]);
+    const size_t n = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xe ? 3 : (lead >> 3) == 0x1e ? 4 : 0;
+    if (n == 0 || i + n > name.size()) return false;
+    uint32_t code = n == 1 ? lead : lead & (0x7f >> n);
+    for (size_t k = 1; k < n; ++k) {
+      const auto next = static_cast<unsigned char>(name[i + k]);
+      if ((next & 0xc0) != 0x80) return false;
+      code = code << 6 | (next & 0x3f);
+    }
+    const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code < least[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return false;  // not UTF-8
+    if (code < 0x20 || (code >= 0x7f && code < 0xa0)) return false;  // control characters
+    i += n;
+  }
+  return characters <= 255 && ("/" + name + "/").find("/../") == std::string::npos;
+}
+
 }  // namespace
 
 Result<Scheduler::Resolved> Scheduler::resolve(int repository_id) {
@@ -425,6 +450,16 @@ void Scheduler::beginPoll(int id) {
                                  Result<std::vector<Head>> heads) {
     if (alive.expired()) return;
     if (!heads) return fail(poll, heads.error().message);
+    std::string left_out;
+    std::erase_if(heads.value(), [&left_out](const Head& h) {
+      if (recordableBranchName(h.branch)) return false;
+      left_out += (left_out.empty() ? "" : ", ") + json(h.branch).dump(-1, ' ', true, json::error_handler_t::replace);
+      return true;
+    });
+    if (!left_out.empty()) {
+      log::warning("scheduler", poll->repo.url, ": ignoring branches whose names cannot be recorded "
+                   "(not UTF-8, over 255 characters, control characters, a leading '-' or a '..'): ", left_out);
+    }
     poll->heads = std::move(heads.value());
     poll->report.heads = static_cast<int>(poll->heads.size());
     poll->heads_hash = hashHeads(poll->heads);

@@ -353,6 +353,13 @@ struct Worker::Impl {
   Result<fs::path> commandDir(int64_t build, const std::string& cwd) {
     if (!builds.count(build)) return Error{"build " + std::to_string(build) + " has no directory here"};
     if (!insideRelative(cwd)) return Error{"working directory '" + cwd + "' leaves the build directory"};
+    // The source may hold symbolic links: where they lead must be inside too,
+    // or the directory would be made (and the command run) outside.
+    std::error_code root_ec, real_ec;
+    const fs::path root = fs::canonical(buildDir(build), root_ec);
+    const fs::path real = fs::weakly_canonical(buildDir(build) / cwd, real_ec);
+    if (root_ec || real_ec || std::mismatch(root.begin(), root.end(), real.begin(), real.end()).first != root.end())
+      return Error{"working directory '" + cwd + "' leaves the build directory through a symbolic link"};
     return buildDir(build) / cwd;
   }
 

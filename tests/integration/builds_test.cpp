@@ -20,6 +20,7 @@
 #include "tests/support/forge.h"
 #include "tests/support/http_client.h"
 #include "tests/support/testdb.h"
+#include "tests/support/worker_session.h"
 
 namespace pefnos {
 namespace {
@@ -91,18 +92,6 @@ class Builds : public ::testing::Test {
   // A raw TCP connection to the master's worker port that has sent bytes;
   // reads on it time out after 10 s.
   int connectRaw(const std::string& bytes) { return test::connectLoopback(port_, bytes); }
-  // The next control message from a raw connection (skipping heartbeats), or nullopt.
-  static std::optional<nlohmann::json> readControl(int fd, protocol::Decoder& decoder) {
-    char buf[4096];
-    for (;;) {
-      while (auto frame = decoder.next()) {
-        auto m = protocol::parseControl(frame->payload);
-        if (m && (*m)["type"] != "heartbeat") return *m;
-      }
-      ssize_t n = read(fd, buf, sizeof buf);
-      if (n <= 0 || !decoder.feed(std::string_view(buf, static_cast<size_t>(n)))) return std::nullopt;
-    }
-  }
   // Polls the repository: its head becomes a build request.
   void poll(int repo) {
     std::string id = tdb_.scalar("SELECT pefnos.poll_now(" + std::to_string(repo) + ")");
@@ -481,21 +470,13 @@ TEST_F(Builds, AWorkerThatFallsSilentIsDroppedAndItsBuildRunsElsewhere) {
   std::ifstream in(secret_file);
   std::string secret;
   std::getline(in, secret);
-  int fd = connectRaw(protocol::encodeControl({{"type", "hello"}, {"version", 1}, {"name", "mute"},
-                                               {"tags", nlohmann::json::object()}, {"slots", 1}}));
-  protocol::Decoder decoder;
-  auto challenge = readControl(fd, decoder);
-  ASSERT_TRUE(challenge && (*challenge)["type"] == "challenge");
-  auto salt = protocol::unbase64((*challenge)["salt"].get<std::string>());
-  ASSERT_TRUE(salt);
-  std::string proof = protocol::clientProof(secret, *salt, (*challenge)["iterations"].get<int>(),
-                                            protocol::authMessage("mute", (*challenge)["nonce"].get<std::string>()));
-  std::string auth = protocol::encodeControl({{"type", "auth"}, {"proof", proof}});
-  ASSERT_EQ(write(fd, auth.data(), auth.size()), static_cast<ssize_t>(auth.size()));
-  auto welcome = readControl(fd, decoder);
+  auto mute = test::helloAs(port_, "mute");
+  auto welcome = mute.auth(mute.proof(secret));
   ASSERT_TRUE(welcome && (*welcome)["type"] == "welcome") << (welcome ? welcome->dump() : "nothing");
+  const int fd = mute.fd;
+  protocol::Decoder& decoder = mute.decoder;
   poll(repo);
-  auto start = readControl(fd, decoder);
+  auto start = test::readControl(fd, decoder);
   ASSERT_TRUE(start && (*start)["type"] == "build-start") << (start ? start->dump() : "nothing");
   // Silence. The master drops it within a few heartbeats and queues the build again.
   EXPECT_TRUE(waitUntil([&] { return tdb_.scalar("SELECT state FROM pefnos.build WHERE number = 1") == "interrupted"; },

@@ -20,6 +20,7 @@
 
 #include "pefnos/plugin.h"
 #include "tests/support/child.h"
+#include "tests/support/plugin_files.h"
 #include "tests/support/testdb.h"
 
 namespace pefnos {
@@ -28,46 +29,12 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono;
 using test::Child;
+using test::copyPlugin;
+using test::listedLine;
+using test::plainSharedLibrary;
 using test::run;
 using test::waitUntil;
-
-// A file written whole.
-void writeFile(const std::string& path, const std::string& content) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
-}
-
-// A copy of a plugin file (at most max_bytes of it), mode 0755 as installed.
-void copyPlugin(const std::string& from, const std::string& to,
-                std::streamsize max_bytes = std::numeric_limits<std::streamsize>::max()) {
-  std::ifstream in(from, std::ios::binary);
-  ASSERT_TRUE(in) << "cannot read " << from;
-  std::string content;
-  content.resize(static_cast<size_t>(std::min<std::streamsize>(max_bytes, fs::file_size(from))));
-  in.read(content.data(), static_cast<std::streamsize>(content.size()));
-  writeFile(to, content);
-  ASSERT_EQ(chmod(to.c_str(), 0755), 0) << to;
-}
-
-// A real shared library that is no pefnos plugin.
-std::string plainSharedLibrary() {
-  for (const char* path :
-       {"/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1",
-        "/lib/aarch64-linux-gnu/libz.so.1", "/usr/lib/aarch64-linux-gnu/libz.so.1",
-        "/lib64/libz.so.1", "/usr/lib/libz.so.1"}) {
-    if (fs::exists(path)) return path;
-  }
-  return "";
-}
-
-// The line of `pefnos plugins list` that reports path ("" if none).
-std::string listedLine(const std::string& listing, const std::string& state,
-                       const std::string& path) {
-  std::istringstream lines(listing);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(state, 0) == 0 && line.find(path) != std::string::npos) return line;
-  }
-  return "";
-}
+using test::writeFile;
 
 // Runs git with argv and returns its trimmed stdout; fails the test otherwise.
 std::string git(std::vector<std::string> args) {

@@ -32,13 +32,9 @@ inline int connectLoopback(int port, const std::string& bytes) {
   return fd;
 }
 
-// One request on its own connection (Connection: close), read to the end.
-// headers: extra lines, each ending in \r\n.
-inline Reply request(int port, const std::string& method, const std::string& target,
-                     const std::string& body = "", const std::string& headers = "") {
-  int fd = connectLoopback(port, method + " " + target + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n" +
-                                     headers + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
-                                     body);
+// Reads a connection to its end (or the read timeout), closes it and parses
+// the reply; status 0 if there was none.
+inline Reply readReply(int fd) {
   std::string all;
   char buf[65536];
   for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) all.append(buf, static_cast<size_t>(n));
@@ -50,6 +46,16 @@ inline Reply request(int port, const std::string& method, const std::string& tar
   r.body = all.substr(end + 4);
   r.status = std::stoi(r.head.substr(9, 3));
   return r;
+}
+
+// One request on its own connection (Connection: close), read to the end.
+// headers: extra lines, each ending in \r\n.
+inline Reply request(int port, const std::string& method, const std::string& target,
+                     const std::string& body = "", const std::string& headers = "") {
+  int fd = connectLoopback(port, method + " " + target + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n" +
+                                     headers + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+                                     body);
+  return readReply(fd);
 }
 
 }  // namespace pefnos::test
