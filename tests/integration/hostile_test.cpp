@@ -19,6 +19,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 
 #include "core/protocol/protocol.h"
 #include "pefnos/plugin.h"
@@ -64,6 +65,7 @@ std::string git(std::vector<std::string> args) {
 
 // A tree object made in the bare repository from (mode, name, object) entries:
 // git mktree takes names git itself would never check out ("..", newlines).
+// The names travel in a file; the test's own sh only redirects it to git.
 std::string mktree(const std::string& bare, const std::vector<std::array<std::string, 3>>& entries) {
   const std::string list = bare + "/mktree-input";
   {
@@ -143,7 +145,7 @@ class Hostile : public ::testing::Test {
     return std::stoi(tdb_.scalar("INSERT INTO pefnos.builder (project_id, name, steps, trusted) VALUES (1, 'b" +
                                  std::to_string(++builders_) + "', " + q(steps) + "::jsonb, false) RETURNING id"));
   }
-  // A worker row, its secret file (`pefnos ctl worker-secret`), and the secret.
+  // A worker row and its secret file (`pefnos ctl worker-secret`); the file's path.
   std::string addWorker(const std::string& name) {
     tdb_.scalar("INSERT INTO pefnos.worker (name, trusted, slots) VALUES (" + q(name) + ", true, 4)");
     const std::string file = dir_.path() + "/" + name + ".secret";
@@ -327,6 +329,11 @@ TEST_F(Hostile, UpstreamBranchNamesAreRecordedVerbatimOrRefusedAndNeverReachAShe
     EXPECT_EQ(buildField(build, "state"), "succeeded") << buildField(build, "summary::text");
     EXPECT_EQ(log(build, 1), "first\n");
   }
+  // The API gives every recorded name back as it is.
+  auto listed = json::parse(test::request(http_port_, "GET", "/api/v1/branches?limit=200").body, nullptr, false);
+  std::set<std::string> names;
+  for (const auto& branch : listed["branches"]) names.insert(branch["name"].get<std::string>());
+  for (const auto& row : rows) EXPECT_EQ(names.count(row.name), row.recorded ? 1u : 0u) << row.name;
   EXPECT_NE(master_->output().find("ignoring branches whose names git refuses"), std::string::npos);
   EXPECT_NE(master_->output().find("ignoring branches whose names cannot be recorded"), std::string::npos);
   EXPECT_EQ(tdb_.scalar("SELECT count(*) FROM pefnos.branch WHERE name = 'main'"), "1")
