@@ -5,6 +5,7 @@
 // refused beyond kMaxJsonDepth.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <string_view>
 
@@ -25,7 +26,8 @@ inline size_t jsonDepth(std::string_view text, size_t limit = kMaxJsonDepth) {
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {
-      if (++depth > deepest && (deepest = depth) > limit) break;
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit) break;
     } else if ((c == ']' || c == '}') && depth > 0) {
       --depth;
     }

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -82,6 +83,7 @@ std::string mktree(const std::string& bare, const std::vector<std::array<std::st
 class Hostile : public ::testing::Test {
  protected:
   void SetUp() override {
+    std::signal(SIGPIPE, SIG_IGN);  // a master that died must fail the rows, not kill the test
     tdb_.scalar("INSERT INTO pefnos.project (name) VALUES ('p')");  // id 1
     canary_ = dir_.path() + "/CANARY";
   }
@@ -559,6 +561,10 @@ TEST_F(Hostile, MalformedOrUntimelyWorkerFramesDropOnlyThatConnectionWithTheReas
        protocol::encodeControl({{"type", "hello"}, {"version", 1}, {"name", "$(" + touch() + ")"}}) +
            protocol::encodeControl({{"type", "auth"}, {"proof", "AAAA"}}),
        ": '$(" + touch() + ")': unknown worker or wrong secret"},
+      {"a name of 300 brackets (text, not nesting)", false,
+       protocol::encodeControl({{"type", "hello"}, {"version", 1}, {"name", std::string(300, '[')}}) +
+           protocol::encodeControl({{"type", "auth"}, {"proof", "AAAA"}}),
+       ": '" + std::string(300, '[') + "': unknown worker or wrong secret"},
       {"an unknown message type", true, protocol::encodeControl({{"type", "format-disk"}}),
        ") lost: unexpected message 'format-disk'"},
       {"a second hello", true, hello, ") lost: unexpected message 'hello'"},
