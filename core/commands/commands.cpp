@@ -2,6 +2,7 @@
 
 #include <charconv>
 
+#include "core/base/json_depth.h"
 #include "core/base/log.h"
 
 namespace pefnos::commands {
@@ -118,7 +119,15 @@ void Runner::claim() {
           Command c;
           c.id = row[0].as<long long>();
           c.kind = row[1].as<std::string>();
-          c.args = nlohmann::json::parse(row[2].as<std::string>());
+          // jsonb is valid JSON, but may nest deeper than anything here can
+          // copy or print without overflowing the stack: such a row fails.
+          const std::string args = row[2].as<std::string>();
+          if (jsonDepth(args) > kMaxJsonDepth) {
+            c.refused = "the arguments nest deeper than " + std::to_string(kMaxJsonDepth) + " levels";
+          } else {
+            c.args = nlohmann::json::parse(args, nullptr, false);
+            if (c.args.is_discarded()) c.refused = "the arguments are not JSON";
+          }
           c.attempts = row[3].as<int>();
           claimed.push_back(std::move(c));
         }
@@ -152,6 +161,7 @@ void Runner::run(Command command) {
                              "'; this master runs: " + knownKinds()});
     return;
   }
+  if (!command.refused.empty()) return finish(command.id, Error{command.kind + ": " + command.refused});
   log::debug("commands", "running command ", command.id, " (", command.kind, ")");
   const long long id = command.id;
   it->second(command, [this, id](Result<nlohmann::json> outcome) { finish(id, std::move(outcome)); });

@@ -29,6 +29,7 @@ struct Command {
   std::string kind;
   nlohmann::json args;
   int attempts = 0;
+  std::string refused;  // set when the row cannot be run (its args): it fails with this
 };
 
 using Reply = std::function<void(Result<nlohmann::json>)>;

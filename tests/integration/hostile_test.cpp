@@ -790,11 +790,9 @@ TEST_F(Hostile, CommandsWithHostileArgumentsFailWithAClearErrorAndTheNextOneRuns
   const std::vector<Row> rows = {
       {"an unknown kind", "format-disk", "{}", "failed unknown command kind 'format-disk'"},
       {"an unknown builder", "force-build", R"({"builder": 999, "branch": )" + br + "}",
-       "failed ERROR:  insert or update on table \"build_request\" violates foreign key constraint "
-       "\"build_request_builder_id_fkey\"\nDETAIL:  Key (builder_id)=(999) is not present"},
+       "failed no active builder with id 999"},
       {"a negative builder", "force-build", R"({"builder": -1, "branch": )" + br + "}",
-       "failed ERROR:  insert or update on table \"build_request\" violates foreign key constraint "
-       "\"build_request_builder_id_fkey\"\nDETAIL:  Key (builder_id)=(-1) is not present"},
+       "failed no active builder with id -1"},
       {"a builder id beyond integers", "force-build", R"({"builder": 4294967297, "branch": )" + br + "}",
        "failed force-build needs {\"builder\": ID, \"branch\": ID}"},
       {"a builder id that is a string", "force-build", R"({"builder": ")" + b + R"(", "branch": )" + br + "}",
@@ -816,7 +814,7 @@ TEST_F(Hostile, CommandsWithHostileArgumentsFailWithAClearErrorAndTheNextOneRuns
       {"a mirror that does not exist", "mirror-now", R"({"mirror": 999})", "failed no active mirror with id 999"},
       {"args nested 10000 deep", "force-build", R"({"builder": )" + std::string(10000, '[') +
                                                      std::string(10000, ']') + R"(, "branch": 1})",
-       "failed force-build needs {\"builder\": ID, \"branch\": ID}"},
+       "failed force-build: the arguments nest deeper than 256 levels"},
       {"a mirror id that is an object", "mirror-verify", R"({"mirror": {"id": 1}})",
        "failed mirror-verify needs {\"mirror\": ID}"},
   };
