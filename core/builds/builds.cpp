@@ -874,6 +874,10 @@ struct Builds::Impl {
                                                       std::make_tuple(free->tags.dump(), free->trusted, free->worker_id))
                                                 : std::nullopt,
          name = options.master_name, lease = options.lease_seconds](pqxx::work& tx) {
+          // What force_build() checks, for a command row written by hand.
+          if (tx.exec_params("SELECT 1 FROM pefnos.builder WHERE id = $1 AND active", builder).empty()) {
+            throw std::runtime_error("no active builder with id " + std::to_string(builder));
+          }
           auto head = tx.exec_params(
               "SELECT coalesce(nullif($2, ''), h.revision) FROM pefnos.branch br"
               " LEFT JOIN pefnos.branch_head h ON h.branch_id = br.id WHERE br.id = $1",
