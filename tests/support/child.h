@@ -12,6 +12,15 @@
 
 namespace pefnos::test {
 
+// True in the sanitizer build (scripts/test's second pass). There a process's
+// memory is mostly AddressSanitizer's (shadow, quarantine), so the memory
+// bounds are checked in the plain build only; everything else is the same.
+#ifdef PEFNOS_SANITIZED
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 class Child {
  public:
   explicit Child(std::vector<std::string> argv, std::vector<std::string> extra_env = {});
