@@ -16,6 +16,8 @@
 #include <set>
 #include <unordered_map>
 
+#include "core/base/json_depth.h"
+
 namespace pefnos::web::api {
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -54,7 +56,14 @@ json rowJson(const pqxx::row& row) {
     }
     switch (field.type()) {
       case kJson:
-      case kJsonb: out[field.name()] = json::parse(field.c_str(), nullptr, false); break;
+      case kJsonb:
+        // A command's args may nest deeper than a dump can recurse: said, not shown.
+        if (jsonDepth(field.c_str()) > kMaxJsonDepth) {
+          out[field.name()] = "(JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels, not shown)";
+        } else {
+          out[field.name()] = json::parse(field.c_str(), nullptr, false);
+        }
+        break;
       case kInt2:
       case kInt4:
       case kInt8: out[field.name()] = field.as<long long>(); break;
