@@ -193,15 +193,26 @@ int closeLoop(uv_loop_t* loop, int rc) {
   return rc;
 }
 
+namespace {
+
+// Gives the paths to user (making make_dirs first) and becomes it for good.
+Status switchUser(const std::string& user, const std::vector<std::filesystem::path>& make_dirs,
+                  const std::vector<std::filesystem::path>& give) {
+  if (auto given = giveToUser(user, make_dirs, give); !given) return given;
+  if (auto became = becomeUser(user); !became) return became;
+  log::info("pefnos", "running as user ", user, " (started by root)");
+  return ok();
+}
+
+}  // namespace
+
 void dropRoot(const std::string& user, const std::string& option, const std::vector<std::filesystem::path>& writable) {
   if (geteuid() != 0) return;
   if (user.empty()) {
     log::warning("pefnos", "running as root: ", option, " USER runs it as an unprivileged user instead");
     return;
   }
-  if (auto given = giveToUser(user, {}, writable); !given) fail(given.error().message);
-  if (auto became = becomeUser(user); !became) fail(became.error().message);
-  log::info("pefnos", "running as user ", user, " (started by root)");
+  if (auto switched = switchUser(user, {}, writable); !switched) fail(switched.error().message);
 }
 
 int runMaster(const ServeArgs& args) {
@@ -249,20 +260,20 @@ int runUp(const ServeArgs& args) {
   if (geteuid() == 0) {
     std::vector<std::filesystem::path> writable = {stateDir(args), home_dir / "work"};
     if (args.demo) writable.push_back(home_dir / "demo");
-    auto given = giveToUser(args.cluster.server_user, writable, writable);
     // The local worker's secret is made here, while the home can be written.
     const auto secret = home_dir / "local-worker.secret";
-    if (given && args.workers != "none") {
-      if (auto made = worker::createSecretFile(secret.string()); !made) given = made.error();
+    Status switched = ok();
+    if (args.workers != "none") {
+      if (auto made = worker::createSecretFile(secret.string()); !made) switched = made.error();
     }
-    if (given) given = giveToUser(args.cluster.server_user, {}, {secret});
-    if (given) given = becomeUser(args.cluster.server_user);
-    if (!given) {
+    std::vector<std::filesystem::path> give = writable;
+    give.push_back(secret);
+    if (switched) switched = switchUser(args.cluster.server_user, writable, give);
+    if (!switched) {
       stop_cluster();
       closeLoop(&loop, 1);
-      fail(given.error().message);
+      fail(switched.error().message);
     }
-    log::info("pefnos", "running as user ", args.cluster.server_user, ", as the server does (started by root)");
   }
 
   const std::string conninfo = cluster::conninfo(cl->layout());
