@@ -390,12 +390,18 @@ TEST_F(Hostile, FileNamesInARepositoryAreUnpackedAsTheyAreAndNothingLandsOutside
   const std::string dotdot = mktree(bare, {{"040000", "..", mktree(bare, {{"100644", "ESCAPED", blob}})}});
   const std::string shadow = mktree(bare, {{"120000", "link", object(outside)},
                                            {"040000", "link", mktree(bare, {{"100644", "PWNED", blob}})}});
+  // GNU tar makes a link to an absolute target last, from a placeholder file.
+  // When the directory "link" replaces that placeholder and happens to get its
+  // inode number (ext4 reuses them, tmpfs does not), tar refuses at the end
+  // ("Cannot unlink"); otherwise it leaves the directory. Either is safe: what
+  // must never happen is a file written through the link.
   struct Crafted {
     std::string name, tree, error;
+    std::string or_file;  // when tar does not refuse: this file, in a plain directory
   };
   const std::vector<Crafted> crafted = {
-      {"a tree with a '..' directory", dotdot, "invalid path '../ESCAPED'"},
-      {"a link and a directory of one name", shadow, "Cannot unlink"},
+      {"a tree with a '..' directory", dotdot, "invalid path '../ESCAPED'", ""},
+      {"a link and a directory of one name", shadow, "Cannot unlink", "link/PWNED"},
   };
 
   // Listed with their types and link targets, NUL-terminated (a name may hold a newline).
@@ -409,13 +415,18 @@ TEST_F(Hostile, FileNamesInARepositoryAreUnpackedAsTheyAreAndNothingLandsOutside
 
   std::string build = forceBuild(lister, main_branch_, weird);
   EXPECT_EQ(stepField(build, 0, "state"), "succeeded") << stepField(build, 0, "summary::text");
-  std::map<std::string, std::pair<char, std::string>> found;  // name -> (type, link target)
+  using Listing = std::map<std::string, std::pair<char, std::string>>;  // name -> (type, link target)
+  auto parse = [](const std::string& listing) {
+    Listing found;
+    for (size_t at = 0, end; (end = listing.find('\0', at)) != std::string::npos; at = end + 1) {
+      std::string entry = listing.substr(at, end - at);
+      size_t tab = entry.rfind('\t');
+      found[entry.substr(2, tab - 2)] = {entry[0], entry.substr(tab + 1)};
+    }
+    return found;
+  };
   const std::string listing = log(build, 1);
-  for (size_t at = 0, end; (end = listing.find('\0', at)) != std::string::npos; at = end + 1) {
-    std::string entry = listing.substr(at, end - at);
-    size_t tab = entry.rfind('\t');
-    found[entry.substr(2, tab - 2)] = {entry[0], entry.substr(tab + 1)};
-  }
+  Listing found = parse(listing);
   for (const auto& row : unpacked) {
     SCOPED_TRACE(row.name);
     ASSERT_TRUE(found.count(row.name)) << listing;
@@ -433,7 +444,14 @@ TEST_F(Hostile, FileNamesInARepositoryAreUnpackedAsTheyAreAndNothingLandsOutside
     const std::string c = commitTree(row.tree, "main");
     EXPECT_EQ(pollNow().rfind("done ", 0), 0u);
     std::string b = forceBuild(lister, main_branch_, c);
-    EXPECT_EQ(stepField(b, 0, "state"), "failed") << stepField(b, 0, "summary::text");
+    const std::string state = stepField(b, 0, "state");
+    if (!row.or_file.empty() && state == "succeeded") {
+      Listing tree = parse(log(b, 1));
+      EXPECT_EQ(tree[fs::path(row.or_file).parent_path().string()].first, 'd') << log(b, 1);
+      EXPECT_EQ(tree[row.or_file].first, 'f') << log(b, 1);
+      continue;
+    }
+    EXPECT_EQ(state, "failed") << stepField(b, 0, "summary::text");
     EXPECT_NE((stepField(b, 0, "summary::text") + log(b, 0)).find(row.error), std::string::npos)
         << stepField(b, 0, "summary::text") << log(b, 0);
   }
