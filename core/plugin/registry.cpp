@@ -117,6 +117,14 @@ void Registry::loadFile(const std::string& path) {
   // As for its directory: whoever can write the file could run code inside the daemon.
   if ((st.st_mode & S_IWOTH) || (st.st_mode & S_IWGRP))
     return refuse(path, "the plugin file is writable by others than its owner");
+  // A link may lead out of the checked directory: where the file really lies
+  // must be as closed, or anyone could swap the file there.
+  std::error_code ec;
+  const fs::path real = fs::canonical(path, ec);
+  if (ec) return refuse(path, "cannot be resolved: " + ec.message());
+  struct stat dir {};
+  if (stat(real.parent_path().c_str(), &dir) != 0 || (dir.st_mode & S_IWOTH) || (dir.st_mode & S_IWGRP))
+    return refuse(path, "it lies in " + real.parent_path().string() + ", which is writable by others than its owner");
   if (auto elf = checkElf(path); !elf) {
     return refuse(path, "not a loadable shared object: " + elf.error().message);
   }

@@ -248,6 +248,7 @@ struct Scheduler::RepoState {
   size_t heads_hash = 0;
   uint64_t reconciled_generation = 0;  // config_generation_ at its last successful poll
   std::optional<Repo> last_repo;  // as last polled: what to forget when it goes
+  std::string left_out;  // the branches it last could not record, warned about once
   std::string vcs_name;
   int failures = 0;
   std::vector<std::function<void(Result<PollReport>)>> waiters;  // of the next poll to end
@@ -456,14 +457,16 @@ void Scheduler::beginPoll(int id) {
       left_out += (left_out.empty() ? "" : ", ") + json(h.branch).dump(-1, ' ', true, json::error_handler_t::replace);
       return true;
     });
-    if (!left_out.empty()) {
+    auto it = repos_.find(poll->repository_id);
+    // Warned once, and again only when the list changes: not on every poll.
+    if (!left_out.empty() && (it == repos_.end() || it->second->left_out != left_out)) {
       log::warning("scheduler", poll->repo.url, ": ignoring branches whose names cannot be recorded "
                    "(not UTF-8, over 255 characters, control characters, a leading '-' or a '..'): ", left_out);
     }
+    if (it != repos_.end()) it->second->left_out = left_out;
     poll->heads = std::move(heads.value());
     poll->report.heads = static_cast<int>(poll->heads.size());
     poll->heads_hash = hashHeads(poll->heads);
-    auto it = repos_.find(poll->repository_id);
     if (it != repos_.end() && it->second->reconciled_generation == config_generation_ &&
         it->second->heads_hash == poll->heads_hash) {
       return endPoll(poll->repository_id, poll->report, poll->started_ms);  // nothing moved

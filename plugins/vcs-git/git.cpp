@@ -166,6 +166,19 @@ class State {
     jobs_.serialise(proxyKey(proxy), std::move(job));
   }
 
+  // Whether these refused names are news for this URL: each list is warned about once.
+  bool newlyRefused(const std::string& url, const std::string& names) {
+    if (names.empty()) {
+      refused_.erase(url);
+      return false;
+    }
+    auto [it, added] = refused_.try_emplace(url, names);
+    if (added) return true;
+    if (it->second == names) return false;
+    it->second = names;
+    return true;
+  }
+
   bool proxyReady(const std::string& proxy) const { return ready_.count(proxyKey(proxy)) > 0; }
   void setProxyReady(const std::string& proxy, bool ready) {
     if (ready)
@@ -178,6 +191,7 @@ class State {
   Host& host_;
   support::Processes processes_;
   support::SerialJobs jobs_;  // by proxy
+  std::map<std::string, std::string> refused_;  // url -> the branch names git refused there, as last warned
   std::vector<std::string> env_;
   std::set<std::string> ready_;  // proxies made or seen by this object
 };
@@ -622,11 +636,11 @@ class GitVcs final : public Vcs {
     std::weak_ptr<State> weak = state_;
     auto parsed = [weak, url = repo.url, done](ProcessResult r) {
       ParsedHeads heads = parseHeads(r.out);
-      if (auto self = weak.lock(); self && !heads.refused.empty()) {
+      if (auto self = weak.lock()) {
         std::string names;
         for (const auto& n : heads.refused) names += (names.empty() ? "'" : ", '") + n + "'";
-        self->host().log(LogLevel::warning,
-                         url + ": ignoring branches whose names git refuses: " + names);
+        if (self->newlyRefused(url, names))
+          self->host().log(LogLevel::warning, url + ": ignoring branches whose names git refuses: " + names);
       }
       done(std::move(heads.heads));
     };
