@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "core/base/log.h"
+#include "core/base/utf8.h"
 #include "core/mirror/fast_stream.h"
 #include "core/mirror/tree_diff.h"
 
@@ -18,42 +19,21 @@ using json = nlohmann::json;
 
 std::string normalText(const std::string& s) {
   // Invalid UTF-8 becomes one U+FFFD per maximal subpart (what Python's
-  // 'replace' does, and so what Breezy stores): overlongs, surrogates and
-  // values beyond U+10FFFF are invalid.
-  auto in = [](unsigned char b, unsigned char lo, unsigned char hi) { return b >= lo && b <= hi; };
+  // 'replace' does, and so what Breezy stores).
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '\r' && i + 1 < s.size() && s[i + 1] == '\n') {
+    if (s[i] == '\r' && i + 1 < s.size() && s[i + 1] == '\n') {
       ++i;
       continue;
     }
-    if (c < 0x80) {
-      out.push_back(static_cast<char>(c));
-      ++i;
-      continue;
-    }
-    size_t need = 0;
-    unsigned char lo = 0x80, hi = 0xbf;  // the range of the second byte
-    if (in(c, 0xc2, 0xdf)) need = 1;
-    else if (c == 0xe0) need = 2, lo = 0xa0;
-    else if (in(c, 0xe1, 0xec) || in(c, 0xee, 0xef)) need = 2;
-    else if (c == 0xed) need = 2, hi = 0x9f;
-    else if (c == 0xf0) need = 3, lo = 0x90;
-    else if (in(c, 0xf1, 0xf3)) need = 3;
-    else if (c == 0xf4) need = 3, hi = 0x8f;
-    size_t k = 1;
-    for (; need && k <= need && i + k < s.size(); ++k) {
-      const unsigned char b = static_cast<unsigned char>(s[i + k]);
-      if (!(k == 1 ? in(b, lo, hi) : in(b, 0x80, 0xbf))) break;
-    }
-    if (need && k == need + 1) {
-      out.append(s, i, k);
+    const Utf8Step c = decodeUtf8(s, i);
+    if (c.valid) {
+      out.append(s, i, c.length);
     } else {
       out += "\xef\xbf\xbd";
     }
-    i += k;
+    i += c.length;
   }
   while (!out.empty() && (out.back() == '\n' || out.back() == ' ' || out.back() == '\t' ||
                           out.back() == '\r')) {

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "core/base/log.h"
+#include "core/base/utf8.h"
 
 namespace pefnos::scheduler {
 namespace {
@@ -190,19 +191,10 @@ bool recordableBranchName(const std::string& name) {
   if (name.empty() || name.front() == '-') return false;
   size_t characters = 0;
   for (size_t i = 0; i < name.size(); ++characters) {
-    const auto lead = static_cast<unsigned char>(name[i]);
-    const size_t n = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xe ? 3 : (lead >> 3) == 0x1e ? 4 : 0;
-    if (n == 0 || i + n > name.size()) return false;
-    uint32_t code = n == 1 ? lead : lead & (0x7f >> n);
-    for (size_t k = 1; k < n; ++k) {
-      const auto next = static_cast<unsigned char>(name[i + k]);
-      if ((next & 0xc0) != 0x80) return false;
-      code = code << 6 | (next & 0x3f);
-    }
-    const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (code < least[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return false;  // not UTF-8
-    if (code < 0x20 || (code >= 0x7f && code < 0xa0)) return false;  // control characters
-    i += n;
+    const Utf8Step c = decodeUtf8(name, i);
+    if (!c.valid) return false;
+    if (c.code < 0x20 || (c.code >= 0x7f && c.code < 0xa0)) return false;  // control characters
+    i += c.length;
   }
   return characters <= 255 && ("/" + name + "/").find("/../") == std::string::npos;
 }

@@ -1,0 +1,57 @@
+// core/base: the pure helpers every part uses on text from outside.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "core/base/json_depth.h"
+#include "core/base/utf8.h"
+
+namespace pefnos {
+namespace {
+
+// The steps over text: (valid, length) per step, and the code points taken.
+std::string steps(std::string_view text) {
+  std::string out;
+  for (size_t at = 0; at < text.size();) {
+    Utf8Step s = decodeUtf8(text, at);
+    if (!out.empty()) out += ' ';
+    out += s.valid ? "U+" + std::to_string(static_cast<uint32_t>(s.code)) : "bad";
+    out += "/" + std::to_string(s.length);
+    at += s.length;
+  }
+  return out;
+}
+
+TEST(Utf8, DecodesEachLengthToItsCodePoint) {
+  EXPECT_EQ(steps("a"), "U+97/1");
+  EXPECT_EQ(steps("\xc3\xa9"), "U+233/2");          // é
+  EXPECT_EQ(steps("\xe5\x88\x86"), "U+20998/3");    // 分
+  EXPECT_EQ(steps("\xf0\x9f\x98\x80"), "U+128512/4");  // 😀
+  EXPECT_EQ(steps("\xf4\x8f\xbf\xbf"), "U+1114111/4");  // U+10FFFF, the last
+  EXPECT_EQ(steps(std::string_view("\0x", 2)), "U+0/1 U+120/1");
+}
+
+TEST(Utf8, TakesBadBytesAsMaximalSubparts) {
+  EXPECT_EQ(steps("caf\xe9"), "U+99/1 U+97/1 U+102/1 bad/1");
+  EXPECT_EQ(steps("\xe9\x92s"), "bad/2 U+115/1") << "a three-byte lead and one continuation";
+  EXPECT_EQ(steps("\x92\x92"), "bad/1 bad/1") << "lone continuations";
+  EXPECT_EQ(steps("\xed\xa0\x80"), "bad/1 bad/1 bad/1") << "a surrogate";
+  EXPECT_EQ(steps("\xc0\xaf"), "bad/1 bad/1") << "an overlong";
+  EXPECT_EQ(steps("\xe0\x80\x80"), "bad/1 bad/1 bad/1") << "an overlong of three";
+  EXPECT_EQ(steps("\xf4\x90\x80\x80"), "bad/1 bad/1 bad/1 bad/1") << "beyond U+10FFFF";
+  EXPECT_EQ(steps("\xe2\x82"), "bad/2") << "cut short at the end";
+  EXPECT_EQ(steps("\xe2\x82x"), "bad/2 U+120/1") << "cut short by a character";
+  EXPECT_EQ(steps("\xf0\x9f\x98"), "bad/3");
+  EXPECT_EQ(steps("\xff\xfe"), "bad/1 bad/1");
+}
+
+TEST(JsonDepth, CountsBracketsOutsideStringsAndStopsPastTheLimit) {
+  EXPECT_EQ(jsonDepth("1"), 0u);
+  EXPECT_EQ(jsonDepth(R"({"a": [1, {"b": []}]})"), 4u);
+  EXPECT_EQ(jsonDepth(R"(["[[[\"[[", "\\"])"), 1u) << "brackets and escaped quotes inside strings";
+  EXPECT_EQ(jsonDepth(std::string(1000000, '['), 10), 11u) << "stops once past the limit";
+  EXPECT_EQ(jsonDepth("]]]][]"), 1u) << "unbalanced closing brackets do not go below zero";
+}
+
+}  // namespace
+}  // namespace pefnos
