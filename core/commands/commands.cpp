@@ -2,7 +2,7 @@
 
 #include <charconv>
 
-#include "core/base/json_depth.h"
+#include "core/base/json_text.h"
 #include "core/base/log.h"
 
 namespace pefnos::commands {
@@ -121,13 +121,11 @@ void Runner::claim() {
           c.kind = row[1].as<std::string>();
           // jsonb is valid JSON, but may nest deeper than anything here can
           // copy or print without overflowing the stack: such a row fails.
-          const std::string args = row[2].as<std::string>();
-          if (jsonDepth(args) > kMaxJsonDepth) {
-            c.refused = "the arguments nest deeper than " + std::to_string(kMaxJsonDepth) + " levels";
-          } else {
-            c.args = nlohmann::json::parse(args, nullptr, false);
-            if (c.args.is_discarded()) c.refused = "the arguments are not JSON";
-          }
+          auto args = parseJson(row[2].c_str());
+          if (args)
+            c.args = std::move(args.value());
+          else
+            c.refused = "the arguments are " + args.error().message;
           c.attempts = row[3].as<int>();
           claimed.push_back(std::move(c));
         }

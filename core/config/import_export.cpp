@@ -16,7 +16,7 @@
 #include <sstream>
 #include <tuple>
 
-#include "core/base/json_depth.h"
+#include "core/base/json_text.h"
 #include "core/config/config.h"
 #include "core/config/sql.h"
 
@@ -657,19 +657,9 @@ Result<ImportReport> importFile(pqxx::connection& conn, const std::string& path)
   if (!in) return Error{"cannot read " + path + ": " + std::strerror(errno)};
   std::stringstream content;
   content << in.rdbuf();
-  if (jsonDepth(content.str()) > kMaxJsonDepth)
-    return Error{path + ": invalid JSON: nested more than " + std::to_string(kMaxJsonDepth) + " deep"};
-  json doc;
-  try {
-    doc = json::parse(content.str());
-  } catch (const json::exception& e) {
-    // e.what(): "[json.exception.parse_error.101] parse error at line 3, column 5: ...", or
-    // out_of_range.406 for a number no double holds ("number overflow parsing '1e400'").
-    std::string what = e.what();
-    auto at = what.find("] ");
-    return Error{path + ": invalid JSON: " + (at == std::string::npos ? what : what.substr(at + 2))};
-  }
-  return importConfig(conn, doc);
+  auto doc = parseJson(content.str());
+  if (!doc) return Error{path + " is " + doc.error().message};
+  return importConfig(conn, doc.value());
 }
 
 json exportConfig(pqxx::connection& conn) {

@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <utility>
 
-#include "core/base/json_depth.h"
+#include "core/base/json_text.h"
 
 namespace pefnos::protocol {
 namespace {
@@ -145,19 +145,9 @@ std::optional<Frame> Decoder::next() {
 size_t Decoder::buffered() const { return pending_.size() + ready_bytes_; }
 
 Result<nlohmann::json> parseControl(std::string_view payload) {
-  if (jsonDepth(payload) > kMaxJsonDepth)
-    return Error{"protocol error: a control frame nested more than " + std::to_string(kMaxJsonDepth) + " deep"};
-  nlohmann::json message;
-  try {
-    message = nlohmann::json::parse(payload);
-  } catch (const nlohmann::json::parse_error& e) {
-    // The byte offset, not the library's message: that quotes the peer's
-    // bytes, which may not even be text, into our log.
-    return Error{"protocol error: a control frame that is not JSON (bad byte at offset " +
-                 std::to_string(e.byte) + ")"};
-  } catch (const nlohmann::json::exception&) {
-    return Error{"protocol error: a control frame that is not JSON"};
-  }
+  auto parsed = parseJson(payload);
+  if (!parsed) return Error{"protocol error: a control frame that is " + parsed.error().message};
+  nlohmann::json message = std::move(parsed.value());
   if (!message.is_object())
     return Error{std::string("protocol error: a control frame that is a JSON ") +
                  message.type_name() + ", not an object"};

@@ -16,7 +16,7 @@
 #include <set>
 #include <unordered_map>
 
-#include "core/base/json_depth.h"
+#include "core/base/json_text.h"
 
 namespace pefnos::web::api {
 
@@ -58,11 +58,10 @@ json rowJson(const pqxx::row& row) {
       case kJson:
       case kJsonb:
         // A command's args may nest deeper than a dump can recurse: said, not shown.
-        if (jsonDepth(field.c_str()) > kMaxJsonDepth) {
-          out[field.name()] = "(JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels, not shown)";
-        } else {
-          out[field.name()] = json::parse(field.c_str(), nullptr, false);
-        }
+        if (auto value = parseJson(field.c_str()))
+          out[field.name()] = std::move(value.value());
+        else
+          out[field.name()] = "(JSON " + value.error().message + ", not shown)";
         break;
       case kInt2:
       case kInt4:

@@ -5,7 +5,7 @@
 #include <charconv>
 #include <sstream>
 
-#include "core/base/json_depth.h"
+#include "core/base/json_text.h"
 #include "core/base/log.h"
 #include "core/protocol/auth.h"
 #include "core/web/api.h"
@@ -161,9 +161,9 @@ void Web::command(const http::Request& request, http::Responder out) {
     return out.send(std::move(r));
   }
   const std::string hash = protocol::apiTokenHash(auth.substr(7));
-  if (jsonDepth(request.body) > kMaxJsonDepth)
-    return out.send(error(400, "the body nests more than " + std::to_string(kMaxJsonDepth) + " deep"));
-  json body = json::parse(request.body, nullptr, false);
+  auto parsed = parseJson(request.body);
+  if (!parsed) return out.send(error(400, "the body is " + parsed.error().message));
+  json body = std::move(parsed.value());
   if (!body.is_object() || !body.contains("kind") || !body["kind"].is_string()) {
     return out.send(error(400, "the body is {\"kind\": \"force-build\", \"args\": {...}}"));
   }

@@ -237,9 +237,10 @@ TEST_F(Hostile, ConfigurationRowsAreRefusedWithTheirReasonAndNothingIsWritten) {
        "/projects/0/builders/0/steps: expected an array"},
       {"nesting 100000 deep", R"({"projects": [{"name": "q", "builders": [{"name": "b", "steps": )" +
                                   std::string(100000, '[') + std::string(100000, ']') + "}]}]}",
-       "invalid JSON: nested more than 256 deep"},
+       "is nested more than 256 deep"},
       {"bytes that are not UTF-8", "{\"projects\": [{\"name\": \"q\", \"description\": \"caf\xe9\"}]}",
-       "invalid JSON"},
+       "is not JSON: parse error at line 1, column 49: syntax error while parsing value - invalid string: "
+       "ill-formed UTF-8 byte"},
       {"a NUL in a string", R"({"projects": [{"name": "q", "description": "a\u0000b"}]})",
        "/projects/0/description: NUL characters are not allowed"},
   };
@@ -565,11 +566,12 @@ TEST_F(Hostile, MalformedOrUntimelyWorkerFramesDropOnlyThatConnectionWithTheReas
       {"an unknown frame kind", false, frame(2, 7, 0, "{}"), " closed: protocol error: unknown frame kind 7"},
       {"a truncated frame, then the end", false, frame(100, 1, 0, "{\"type\": \"hel"), " closed: disconnected"},
       {"a control frame that is not JSON", false, control("{x}"),
-       " closed: protocol error: a control frame that is not JSON (bad byte at offset 2)"},
+       " closed: protocol error: a control frame that is not JSON: parse error at line 1, column 2: syntax error "
+       "while parsing object key - invalid literal; expected string literal"},
       {"a control frame nested 500000 deep", false,
        control(R"({"type": "hello", "version": 1, "name": "raw", "tags": )" + std::string(500000, '[') +
                std::string(500000, ']') + "}"),
-       " closed: protocol error: a control frame nested more than 256 deep"},
+       " closed: protocol error: a control frame that is nested more than 256 deep"},
       {"JSON of the wrong type", false, control("[\"hello\"]"),
        " closed: protocol error: a control frame that is a JSON array, not an object"},
       {"a message without a type", false, control("{\"version\": 1}"),
@@ -695,7 +697,7 @@ TEST_F(Hostile, HostileHttpRequestsGetAClearErrorAndCreateNothing) {
        post(R"({"kind": "ping", "args": {"x": )" + std::string(500000, '[') + std::string(500000, ']') + "}}",
             "Authorization: Bearer x\r\n"),
        400,
-       "the body nests more than 256 deep"},
+       "the body is nested more than 256 deep"},
       {"a parameter carrying a header", httpRequest("GET", "/api/v1/builds?state=x%0d%0aX-Injected:%20yes"), 400,
        "'state'"},
       {"a negative limit", httpRequest("GET", "/api/v1/builds?limit=-1"), 400, "'limit'"},
@@ -704,7 +706,9 @@ TEST_F(Hostile, HostileHttpRequestsGetAClearErrorAndCreateNothing) {
        "unknown or inactive token"},
       {"a token with SQL", post(R"({"kind": "ping"})", "Authorization: Bearer x' OR '1'='1\r\n"), 401,
        "unknown or inactive token"},
-      {"a body that is not JSON", post("{\"kind\": ", bearer), 400, "the body is"},
+      {"a body that is not JSON", post("{\"kind\": ", bearer), 400,
+       "the body is not JSON: parse error at line 1, column 10: syntax error while parsing value - unexpected end "
+       "of input; expected '[', '{', or a literal"},
       {"an unknown kind", post(R"({"kind": "../../bin/sh"})", bearer), 400, "no command kind '../../bin/sh'"},
       {"an id that is SQL", post(R"({"kind": "force-build", "args": {"builder": "1; DROP TABLE pefnos.command", "branch": 1}})", bearer),
        400, "'builder' must be an integer"},
@@ -712,7 +716,7 @@ TEST_F(Hostile, HostileHttpRequestsGetAClearErrorAndCreateNothing) {
        400, "out of range for type integer"},
       {"an id nested 10000 deep", post(R"({"kind": "poll-now", "args": {"repository": )" + std::string(10000, '[') +
                                            std::string(10000, ']') + "}}", bearer),
-       400, "the body nests more than 256 deep"},
+       400, "the body is nested more than 256 deep"},
       {"args that are not an object", post(R"({"kind": "ping", "args": "rm -rf /"})", bearer), 400,
        "'args' must be an object"},
       {"a builder that does not exist", post(R"({"kind": "force-build", "args": {"builder": -1, "branch": 1}})", bearer),
@@ -845,7 +849,7 @@ TEST_F(Hostile, CommandsWithHostileArgumentsFailWithAClearErrorAndTheNextOneRuns
       {"a mirror that does not exist", "mirror-now", R"({"mirror": 999})", "failed no active mirror with id 999"},
       {"args nested 10000 deep", "force-build", R"({"builder": )" + std::string(10000, '[') +
                                                      std::string(10000, ']') + R"(, "branch": 1})",
-       "failed force-build: the arguments nest deeper than 256 levels"},
+       "failed force-build: the arguments are nested more than 256 deep"},
       {"a mirror id that is an object", "mirror-verify", R"({"mirror": {"id": 1}})",
        "failed mirror-verify needs {\"mirror\": ID}"},
   };
@@ -865,10 +869,10 @@ TEST_F(Hostile, CommandsWithHostileArgumentsFailWithAClearErrorAndTheNextOneRuns
             std::string::npos)
       << stepField(forged, 0, "summary::text") << log(forged, 0);
   // The API and the live events show the too-deep arguments as a note, not by recursing into them.
-  const std::string deep = tdb_.scalar("SELECT min(id) FROM pefnos.command WHERE error LIKE '%nest deeper%'");
+  const std::string deep = tdb_.scalar("SELECT min(id) FROM pefnos.command WHERE error LIKE '%nested more than%'");
   auto shown = test::request(http_port_, "GET", "/api/v1/commands/" + deep);
   EXPECT_EQ(shown.status, 200);
-  EXPECT_NE(shown.body.find("\"args\":\"(JSON nested deeper than 256 levels, not shown)\""), std::string::npos)
+  EXPECT_NE(shown.body.find("\"args\":\"(JSON nested more than 256 deep, not shown)\""), std::string::npos)
       << shown.body.substr(0, 300);
   // The master goes on with the next commands.
   EXPECT_EQ(outcome(tdb_.scalar("SELECT pefnos.ping()")).rfind("done ", 0), 0u);

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "core/base/json_depth.h"
+#include "core/base/json_text.h"
 #include "core/base/utf8.h"
 
 namespace pefnos {
@@ -51,6 +51,37 @@ TEST(JsonDepth, CountsBracketsOutsideStringsAndStopsPastTheLimit) {
   EXPECT_EQ(jsonDepth(R"(["[[[\"[[", "\\"])"), 1u) << "brackets and escaped quotes inside strings";
   EXPECT_EQ(jsonDepth(std::string(1000000, '['), 10), 11u) << "stops once past the limit";
   EXPECT_EQ(jsonDepth("]]]][]"), 1u) << "unbalanced closing brackets do not go below zero";
+}
+
+// Whether text is UTF-8 throughout: what PostgreSQL's text and a log line need.
+bool isUtf8(std::string_view text) {
+  for (size_t at = 0; at < text.size();) {
+    Utf8Step s = decodeUtf8(text, at);
+    if (!s.valid) return false;
+    at += s.length;
+  }
+  return true;
+}
+
+TEST(ParseJson, GivesTheValueOrWhyNotWithoutQuotingTheText) {
+  auto ok = parseJson(R"({"a": [1, "b"]})");
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(ok.value()["a"][1], "b");
+  EXPECT_EQ(parseJson(std::string(300, '[') + std::string(300, ']')).error().message, "nested more than 256 deep");
+  EXPECT_TRUE(parseJson(std::string(256, '[') + std::string(256, ']')).ok()) << "as deep as may be";
+  EXPECT_EQ(parseJson("{x}").error().message,
+            "not JSON: parse error at line 1, column 2: syntax error while parsing object key - invalid literal; "
+            "expected string literal");
+  EXPECT_EQ(parseJson("[1,\n tru]").error().message,
+            "not JSON: parse error at line 2, column 5: syntax error while parsing value - invalid literal")
+      << "the library's \"last read: 'tru]'\" is left out";
+  EXPECT_EQ(parseJson("[1e400]").error().message, "not JSON: number overflow parsing '1e400'");
+  for (std::string_view bad : {"\"caf\xe9\"", "[\"\xff\xfe\"]", "[\"\xc0\"]", "{\"\xe2\x82\": 1}"}) {
+    auto r = parseJson(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_TRUE(isUtf8(r.error().message)) << r.error().message;
+    EXPECT_NE(r.error().message.find("ill-formed UTF-8 byte"), std::string::npos) << r.error().message;
+  }
 }
 
 }  // namespace

@@ -309,6 +309,7 @@ TEST(ProtocolParseControl, RefusesInvalidUtf8InsideAString) {
   auto m = parseControl("{\"type\":\"hello\",\"name\":\"caf\xe9\"}");
   ASSERT_FALSE(m.ok());
   EXPECT_TRUE(mentions(m.error().message, "not JSON")) << m.error().message;
+  EXPECT_EQ(m.error().message.find('\xe9'), std::string::npos) << "the peer's bytes are not quoted into the log";
 }
 
 TEST(ProtocolParseControl, SurvivesAMegabyteOfNesting) {
