@@ -567,7 +567,7 @@ TEST_F(Hostile, MalformedOrUntimelyWorkerFramesDropOnlyThatConnectionWithTheReas
       {"a truncated frame, then the end", false, frame(100, 1, 0, "{\"type\": \"hel"), " closed: disconnected"},
       {"a control frame that is not JSON", false, control("{x}"),
        " closed: protocol error: a control frame that is not JSON: parse error at line 1, column 2: syntax error "
-       "while parsing object key - invalid literal; expected string literal"},
+       "while parsing object key - invalid literal"},
       {"a control frame nested 500000 deep", false,
        control(R"({"type": "hello", "version": 1, "name": "raw", "tags": )" + std::string(500000, '[') +
                std::string(500000, ']') + "}"),

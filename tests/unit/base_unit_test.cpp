@@ -70,8 +70,11 @@ TEST(ParseJson, GivesTheValueOrWhyNotWithoutQuotingTheText) {
   EXPECT_EQ(parseJson(std::string(300, '[') + std::string(300, ']')).error().message, "nested more than 256 deep");
   EXPECT_TRUE(parseJson(std::string(256, '[') + std::string(256, ']')).ok()) << "as deep as may be";
   EXPECT_EQ(parseJson("{x}").error().message,
-            "not JSON: parse error at line 1, column 2: syntax error while parsing object key - invalid literal; "
-            "expected string literal");
+            "not JSON: parse error at line 1, column 2: syntax error while parsing object key - invalid literal");
+  EXPECT_EQ(parseJson("{\"a\": \"x'; expected \xfe\xff\n\"}").error().message,
+            "not JSON: parse error at line 1, column 21: syntax error while parsing value - invalid string: "
+            "ill-formed UTF-8 byte")
+      << "the quoted text may look like the library's own words (found by fuzz_config_import)";
   EXPECT_EQ(parseJson("[1,\n tru]").error().message,
             "not JSON: parse error at line 2, column 5: syntax error while parsing value - invalid literal")
       << "the library's \"last read: 'tru]'\" is left out";
