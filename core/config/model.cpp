@@ -7,6 +7,7 @@
 // that an earlier NOTIFY announced.
 #include <limits>
 
+#include "core/base/json_text.h"
 #include "core/base/log.h"
 #include "core/config/config.h"
 #include "core/config/sql.h"
@@ -109,21 +110,25 @@ std::shared_ptr<const T> find(const Rows<T>& rows, int id) {
 struct Model::Loaded {
   struct BadRow {
     std::string table;
-    int id;  // 0 when even the id was unreadable
+    int id;
     std::string error, row;
   };
   Tables tables;
   std::set<RowKey> asked;  // a read of some rows: those asked and not found are gone
   std::vector<BadRow> bad;
 
+  // A row from the database is valid JSON, but written by hand (psql, a GUI)
+  // its jsonb may nest deeper than the daemon can copy without recursing off
+  // its stack: parseJson refuses that, and the row keeps its last good snapshot.
   template <class T>
-  void add(const char* table, Rows<T>& rows, const std::string& text) {
-    int id = 0;
+  void add(const char* table, Rows<T>& rows, const pqxx::row& r) {
+    const int id = r[0].as<int>();
+    const std::string text = r[1].c_str();
+    auto j = parseJson(text);
+    if (!j) return bad.push_back({table, id, "the row is " + j.error().message, text});
     try {
-      json j = json::parse(text);
-      id = j.at("id").get<int>();
       auto row = std::make_shared<T>();
-      parse(j, *row);
+      parse(j.value(), *row);
       rows[id] = std::move(row);
     } catch (const std::exception& e) {
       bad.push_back({table, id, e.what(), text});
@@ -134,7 +139,7 @@ struct Model::Loaded {
     tx.exec("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ");
     forEachTable(
         [&](const char* table, auto& rows) {
-          for (const auto& r : tx.exec(sql::selectAllRows(table))) add(table, rows, r[0].c_str());
+          for (const auto& r : tx.exec(sql::selectAllRows(table))) add(table, rows, r);
         },
         tables);
   }
@@ -146,9 +151,7 @@ struct Model::Loaded {
             if (t == table) ids += (ids.empty() ? "" : ",") + std::to_string(id);
           }
           if (ids.empty()) return;
-          for (const auto& r : tx.exec_params(sql::selectRowsById(table), "{" + ids + "}")) {
-            add(table, rows, r[0].c_str());
-          }
+          for (const auto& r : tx.exec_params(sql::selectRowsById(table), "{" + ids + "}")) add(table, rows, r);
         },
         tables);
   }

@@ -195,11 +195,11 @@ ORDER BY m.name COLLATE "C")";
 inline constexpr const char* export_plugin_directories =
     R"(SELECT path, active FROM pefnos.plugin_directory ORDER BY path COLLATE "C")";
 
-// --- Model: whole rows as JSON. `table` is always one of Model's fixed table
-// names, never text from a notification.
+// --- Model: each row's id and the whole row as JSON. `table` is always one
+// of Model's fixed table names, never text from a notification.
 
 inline std::string selectAllRows(std::string_view table) {
-  return "SELECT row_to_json(t)::text FROM pefnos." + std::string(table) + " t";
+  return "SELECT t.id, row_to_json(t)::text FROM pefnos." + std::string(table) + " t";
 }
 // $1: an int[] of ids
 inline std::string selectRowsById(std::string_view table) {

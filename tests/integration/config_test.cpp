@@ -514,6 +514,28 @@ TEST_F(ConfigModel, MalformedNotificationIsRecordedAndTheModelKeepsWorking) {
   EXPECT_EQ(changes.size(), 1u);
 }
 
+TEST_F(ConfigModel, ARowNestedTooDeepIsSkippedWithItsReasonAndKeepsItsLastGoodSnapshot) {
+  startListening();
+  const int test = idOf("SELECT id FROM pefnos.builder WHERE name = 'test'");
+  auto before = model->builder(test);
+  // An array, as the CHECK asks, 10,000 deep: written by hand, past any import.
+  db.scalar("UPDATE pefnos.builder SET steps = '" + std::string(10000, '[') + std::string(10000, ']') +
+            "' WHERE id = " + std::to_string(test));
+  ASSERT_TRUE(runUntil([&] {
+    return db.scalar("SELECT count(*) FROM pefnos.event WHERE source = 'config' AND level = 'warning'") == "1";
+  })) << "no event recorded";
+  EXPECT_EQ(db.scalar("SELECT message || ': ' || (details->>'table') || ' ' || (details->>'id') || ': ' || "
+                      "(details->>'error') FROM pefnos.event WHERE source = 'config'"),
+            "skipped an unreadable configuration row: builder " + std::to_string(test) +
+                ": the row is nested more than 256 deep");
+  EXPECT_EQ(model->builder(test), before) << "the last good snapshot is kept";
+  EXPECT_EQ(model->builder(test)->steps.size(), 2u);
+  // Mended, the row is taken again.
+  db.scalar("UPDATE pefnos.builder SET steps = '[{\"type\": \"shell\", \"argv\": [\"true\"]}]' WHERE id = " +
+            std::to_string(test));
+  ASSERT_TRUE(runUntil([&] { return model->builder(test)->steps.size() == 1u; }));
+}
+
 TEST_F(ConfigModel, PluginDirectoryRowsAreModelledAndSaidToWaitForARestart) {
   startListening();
   testing::internal::CaptureStderr();
