@@ -90,7 +90,9 @@ int configImport(const DbArgs& a, const std::string& file) {
 int configExport(const DbArgs& a, const std::string& out) {
   auto conn = connectOrExit(a);
   if (auto s = db::checkSchema(*conn); !s) fail(s.error().message);
-  std::string text = config::exportConfig(*conn).dump(2) + "\n";
+  auto doc = config::exportConfig(*conn);
+  if (!doc) fail("cannot export: " + doc.error().message);
+  std::string text = doc.value().dump(2) + "\n";
   if (out.empty() || out == "-") {
     std::cout << text;
     return 0;

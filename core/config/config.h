@@ -45,8 +45,9 @@ std::vector<std::string> checkDocument(const nlohmann::json& doc);
 // Reads and parses the file, then importConfig; a file or syntax error is an Error.
 Result<ImportReport> importFile(pqxx::connection& conn, const std::string& path);
 // The canonical form: every field present, lists sorted by name (plugin
-// directories by path); discovered branches are left out.
-nlohmann::json exportConfig(pqxx::connection& conn);
+// directories by path); discovered branches are left out. A row whose jsonb
+// nests deeper than any import takes (written by hand) is an Error.
+Result<nlohmann::json> exportConfig(pqxx::connection& conn);
 // The paths of the active plugin_directory rows, in the order they were added:
 // where a master (and `pefnos plugins list`) loads plugins from besides its own.
 std::vector<std::string> activePluginDirectories(pqxx::transaction_base& tx);

@@ -628,6 +628,17 @@ bool boolean(const pqxx::field& f) { return f.as<bool>(); }
 std::string text(const pqxx::field& f) { return f.c_str(); }
 json nullableText(const pqxx::field& f) { return f.is_null() ? json(nullptr) : json(f.c_str()); }
 
+// A jsonb column as stored. Nested too deep to import again, it is not
+// exported: what (a builder's steps, a worker's tags) says which.
+struct Unexportable {
+  std::string message;
+};
+json stored(const pqxx::field& f, const std::string& what) {
+  auto j = parseJson(f.c_str());
+  if (!j) throw Unexportable{what + " are " + j.error().message};
+  return std::move(j.value());
+}
+
 }  // namespace
 
 std::vector<std::string> checkDocument(const json& doc) {
@@ -662,7 +673,9 @@ Result<ImportReport> importFile(pqxx::connection& conn, const std::string& path)
   return importConfig(conn, doc.value());
 }
 
-json exportConfig(pqxx::connection& conn) {
+namespace {
+
+json exportDocument(pqxx::connection& conn) {
   pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> tx(conn, "pefnos config export");
   // Keyed by names: std::map orders bytes as COLLATE "C" does.
   std::map<std::string, json> projects;
@@ -692,11 +705,12 @@ json exportConfig(pqxx::connection& conn) {
         {{"name", text(row[2])}, {"pattern", boolean(row[3])}, {"active", boolean(row[4])}});
   }
   for (const auto& row : tx.exec(sql::export_builders)) {
+    const std::string builder = "builder '" + text(row[0]) + "/" + text(row[1]) + "'";
     builders[{text(row[0]), text(row[1])}] = {{"name", text(row[1])},
                                               {"description", text(row[2])},
-                                              {"steps", json::parse(text(row[3]))},
-                                              {"requires_tags", json::parse(text(row[4]))},
-                                              {"properties", json::parse(text(row[5]))},
+                                              {"steps", stored(row[3], "the steps of " + builder)},
+                                              {"requires_tags", stored(row[4], "the requires_tags of " + builder)},
+                                              {"properties", stored(row[5], "the properties of " + builder)},
                                               {"trusted", boolean(row[6])},
                                               {"max_concurrent", row[7].as<int>()},
                                               {"active", boolean(row[8])},
@@ -730,7 +744,7 @@ json exportConfig(pqxx::connection& conn) {
   for (const auto& row : tx.exec(sql::export_workers)) {
     doc["workers"].push_back({{"name", text(row[0])},
                               {"secret_hash", nullableText(row[1])},
-                              {"tags", json::parse(text(row[2]))},
+                              {"tags", stored(row[2], "the tags of worker '" + text(row[0]) + "'")},
                               {"trusted", boolean(row[3])},
                               {"slots", row[4].as<int>()},
                               {"active", boolean(row[5])}});
@@ -752,6 +766,16 @@ json exportConfig(pqxx::connection& conn) {
     doc["plugin_directories"].push_back({{"path", text(row[0])}, {"active", boolean(row[1])}});
   }
   return doc;
+}
+
+}  // namespace
+
+Result<json> exportConfig(pqxx::connection& conn) {
+  try {
+    return exportDocument(conn);
+  } catch (const Unexportable& u) {
+    return Error{u.message};
+  }
 }
 
 std::vector<std::string> activePluginDirectories(pqxx::transaction_base& tx) {

@@ -82,26 +82,26 @@ TEST(ConfigImport, ExampleImportsAndExportsInItsCanonicalForm) {
   // 1 project, 5 repositories, 6 branches, 2 builders, 5 builder branches, 1 worker, 1 mirror.
   EXPECT_EQ(report.created, 21);
   EXPECT_EQ(configRows(db), 21);
-  EXPECT_EQ(exportConfig(db.conn()), example) << exportConfig(db.conn()).dump(2);
+  EXPECT_EQ(exportConfig(db.conn()).value(), example) << exportConfig(db.conn()).value().dump(2);
 }
 
 TEST(ConfigImport, ExportImportExportIsIdentical) {
   test::TestDatabase first, second;
   ImportReport report = importConfig(first.conn(), fullDocument());
   ASSERT_TRUE(report.errors.empty()) << joined(report.errors);
-  json exported = exportConfig(first.conn());
+  json exported = exportConfig(first.conn()).value();
 
   report = importConfig(second.conn(), exported);
   ASSERT_TRUE(report.errors.empty()) << joined(report.errors);
-  EXPECT_EQ(exportConfig(second.conn()), exported)
-      << exportConfig(second.conn()).dump(2) << "\n---\n"
+  EXPECT_EQ(exportConfig(second.conn()).value(), exported)
+      << exportConfig(second.conn()).value().dump(2) << "\n---\n"
       << exported.dump(2);
 }
 
 TEST(ConfigImport, ExportFillsDefaultsAndSortsByName) {
   test::TestDatabase db;
   ASSERT_TRUE(importConfig(db.conn(), fullDocument()).errors.empty());
-  json doc = exportConfig(db.conn());
+  json doc = exportConfig(db.conn()).value();
   ASSERT_EQ(doc["projects"].size(), 2u);
   EXPECT_EQ(doc["projects"][0]["name"], "alpha");
   const json& base = doc["projects"][0]["repositories"][0];
@@ -326,13 +326,23 @@ TEST(ConfigImport, MissingFileIsAnError) {
   EXPECT_NE(result.error().message.find("/nonexistent/pefnos.json"), std::string::npos);
 }
 
+TEST(ConfigExport, ARowNestedTooDeepToImportAgainIsAnError) {
+  test::TestDatabase db;
+  ASSERT_TRUE(importConfig(db.conn(), demoExample()).errors.empty());
+  db.scalar("UPDATE pefnos.worker SET tags = '{\"a\": " + std::string(300, '[') + std::string(300, ']') + "}'");
+  auto exported = exportConfig(db.conn());
+  ASSERT_FALSE(exported.ok());
+  EXPECT_EQ(exported.error().message, "the tags of worker '" + db.scalar("SELECT name FROM pefnos.worker") +
+                                          "' are nested more than 256 deep");
+}
+
 TEST(ConfigExport, DiscoveredBranchesAreLeftOut) {
   test::TestDatabase db;
   ASSERT_TRUE(importConfig(db.conn(), demoExample()).errors.empty());
   db.scalar(
       "INSERT INTO pefnos.branch (repository_id, name, origin_id) SELECT repository_id, "
       "'feature/found', id FROM pefnos.branch WHERE name = 'feature/*'");
-  EXPECT_EQ(exportConfig(db.conn()), demoExample());
+  EXPECT_EQ(exportConfig(db.conn()).value(), demoExample());
 }
 
 // --- The model, on a real loop
