@@ -189,7 +189,8 @@ void Model::onChange(std::function<void(const Change&)> callback) {
 }
 
 void Model::handleNotification(const std::string& payload) {
-  json j = json::parse(payload, nullptr, false);
+  auto parsed = parseJson(payload);  // anyone with the database may NOTIFY
+  const json j = parsed ? std::move(parsed.value()) : json();
   const char* table = nullptr;
   if (j.is_object() && j.contains("table") && j["table"].is_string()) {
     table = knownTable(j["table"].get<std::string>());

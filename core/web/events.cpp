@@ -4,6 +4,7 @@
 #include <charconv>
 #include <unordered_map>
 
+#include "core/base/json_text.h"
 #include "core/base/log.h"
 #include "core/web/api.h"
 
@@ -101,8 +102,9 @@ void EventHub::start(db::Listener& listener) {
   for (auto [channel, type] : {std::pair{"pefnos_config", "config"}, std::pair{"pefnos_mirror", "mirror"}}) {
     listener.subscribe(channel, [this, alive, type = std::string(type)](const std::string& payload) {
       if (alive.expired()) return;
-      json data = json::parse(payload, nullptr, false);
-      if (!data.is_object()) data = json{{"payload", payload}};
+      // Anyone with the database may NOTIFY: what is not a sound object is passed on as text.
+      auto parsed = parseJson(payload);
+      json data = parsed && parsed.value().is_object() ? std::move(parsed.value()) : json{{"payload", payload}};
       publish(type, data);
     });
   }
