@@ -440,7 +440,14 @@ TEST_F(Web, EventsFanOneNotifyOutToEveryClient) {
     EXPECT_NE(clients.back()->received().find("Content-Type: text/event-stream"), std::string::npos);
   }
   tdb_.scalar("UPDATE pefnos.build SET state = 'failed' WHERE id = 7");
-  tdb_.scalar("SELECT pg_notify('pefnos_build', '7')");
+  // The master LISTENs on the events' channels a moment after it serves HTTP
+  // (its listener connects beside the web): a NOTIFY before that is lost, as
+  // for any client that connects while the master starts. So it is repeated
+  // until the first client sees it; then every client must have it.
+  for (int i = 0; i < 100 && clients[0]->received().find("\"state\":\"failed\"") == std::string::npos; ++i) {
+    tdb_.scalar("SELECT pg_notify('pefnos_build', '7')");
+    clients[0]->waitFor("\"state\":\"failed\"", milliseconds(100));
+  }
   for (auto& c : clients) {
     ASSERT_TRUE(c->waitFor("\"state\":\"failed\"")) << c->received();
     EXPECT_NE(c->received().find("event: build\ndata: {"), std::string::npos) << c->received();
