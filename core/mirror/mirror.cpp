@@ -563,7 +563,12 @@ void Mirrors::targetHead(std::shared_ptr<Run> run) {
 // Marks that a run recorded and then never published (it died, here or on
 // another master) name target revisions the upstream does not have, and that
 // this master's proxy may not have either: they are forgotten, and what they
-// covered is carried again. A run whose head is the target's is published.
+// covered is carried again. A run whose head is the target's is published,
+// and so is every run before it: each run starts by forgetting what was not
+// published before it, so what it publishes holds all the marks it kept.
+// (Forgetting those too lost marks: a run that published and died, then a
+// later one that did the same, and the third forgot the first one's marks,
+// whose commits the exporter then took as carried.)
 void Mirrors::forgetUnpublished(std::shared_ptr<Run> run, std::function<void()> then) {
   auto alive = alive_;
   db_.transact<std::vector<std::string>>(
@@ -572,7 +577,10 @@ void Mirrors::forgetUnpublished(std::shared_ptr<Run> run, std::function<void()> 
         for (const auto& r : tx.exec_params(
                  "DELETE FROM pefnos.mirror_mark k USING pefnos.mirror_run r "
                  "WHERE k.mirror_id = $1 AND k.run_id = r.id AND r.id <> $2 AND r.state <> 'succeeded' "
-                 "AND r.target_head IS DISTINCT FROM NULLIF($3, '') RETURNING k.source_revision",
+                 "AND r.target_head IS DISTINCT FROM NULLIF($3, '') "
+                 "AND r.id > coalesce((SELECT max(p.id) FROM pefnos.mirror_run p "
+                 "WHERE p.mirror_id = $1 AND p.target_head = NULLIF($3, '')), 0) "
+                 "RETURNING k.source_revision",
                  mirror_id, id, before)) {
           forgotten.push_back(r[0].as<std::string>());
         }

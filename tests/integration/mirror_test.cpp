@@ -362,6 +362,29 @@ TEST_F(Mirror, AKilledExporterOrMasterIsResumedFromTheCommittedMarks) {
   EXPECT_EQ(sql("SELECT count(*) FROM pefnos.mirror_verify WHERE NOT ok"), "0");
 }
 
+// Runs that published and then died before they could say so (as kill -9 of
+// the master leaves them): each later run starts from where the last one left
+// the target, and no mark of a published run is forgotten.
+TEST_F(Mirror, RunsThatPublishedAndDiedKeepTheirMarks) {
+  const std::string main = src_->mainBranch();
+  src_->commit(main, "a.txt", "one");
+  const auto [srepo, trepo, mirror] = onDemandMirror();
+  for (int i = 0; i < 3; ++i) {
+    if (i > 0) {
+      src_->commit(main, "a.txt", "change " + std::to_string(i));
+      pollNow(srepo);
+    }
+    auto [state, out] = mirrorNow(mirror);
+    ASSERT_EQ(state, "done") << out << master_->output();
+    EXPECT_EQ(marks(mirror), sql("SELECT count(*) FROM pefnos.commit WHERE network_id = " + std::to_string(srepo)))
+        << "after run " << i + 1;
+    // Published, then died: the run is left as a restarted master finds it.
+    sql("UPDATE pefnos.mirror_run SET state = 'interrupted' WHERE mirror_id = " + std::to_string(mirror));
+  }
+  EXPECT_EQ(tgt_->head("mirrored"), targetOf(mirror, src_->head(main)));
+  EXPECT_EQ(sql("SELECT count(*) FROM pefnos.mirror_verify WHERE NOT ok"), "0");
+}
+
 // Only git stores messages that are not UTF-8; Bazaar holds Unicode, so what
 // arrives there has U+FFFD for the bytes it cannot hold, and verification
 // compares what each side can express.
